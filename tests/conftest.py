@@ -1,0 +1,29 @@
+import os
+import sys
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import rasft  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return rasft.tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny(tok):
+    torch.manual_seed(0)
+    return rasft.tiny_model(tok)
+
+
+def small_cfg(tmp_path, *args):
+    """Demo defaults, shrunk so a run takes seconds."""
+    return rasft.parse_args(["--out", str(tmp_path), "--demo_warmup", "0", "--max_items", "48", "--batch_size", "8",
+                             "--micro_batch", "4", "--route_chunk", "16", "--eval_items", "8", *args])

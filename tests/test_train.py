@@ -1,0 +1,138 @@
+"""The training loop on the tiny model: it learns, it is split-invariant, it saves and resumes."""
+import dataclasses
+import json
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import rasft
+from conftest import small_cfg
+
+
+def metrics(path):
+    return [json.loads(line) for line in open(path / "metrics.jsonl")]
+
+
+def weights(path):
+    return AutoModelForCausalLM.from_pretrained(str(path)).state_dict()
+
+
+def test_short_run_learns_and_changes_parameters(tmp_path):
+    cfg = small_cfg(tmp_path, "--loss", "sft", "--max_items", "64", "--batch_size", "16", "--epochs", "4",
+                    "--lr", "3e-3")
+    rasft.train(cfg)
+    losses = [m["loss"] for m in metrics(tmp_path) if "loss" in m]
+    assert len(losses) == 16 and losses[-1] < 0.7 * losses[0]
+    tok = rasft.tiny_tokenizer()
+    torch.manual_seed(cfg.seed)
+    init = rasft.tiny_model(tok).state_dict()
+    after = weights(tmp_path)
+    assert all(not torch.equal(init[k], after[k]) for k in init)
+
+
+@pytest.mark.parametrize("loss", list(rasft.LOSSES))
+def test_every_loss_trains(tmp_path, loss):
+    rasft.train(small_cfg(tmp_path, "--loss", loss, "--max_steps", "2", "--refresh_every", "1", "--profit_p", "0.001"))
+    m = [x for x in metrics(tmp_path) if "loss" in x]
+    assert len(m) == 2 and all(x["loss"] == x["loss"] and x["grad_norm"] > 0 for x in m)
+
+
+def step_delta(cfg, tok, batch, items):
+    """Parameter change of one SGD step (lr 1, no clip): minus the gradient."""
+    torch.manual_seed(0)
+    model = rasft.tiny_model(tok)
+    ref = rasft.frozen_copy(model, torch.float32)
+    scorer = rasft.Scorer(model, ref, chunk=37)
+    before = [p.detach().clone() for p in model.parameters()]
+    rasft.train_step(scorer, torch.optim.SGD(model.parameters(), lr=1.0), batch, items, cfg, torch.device("cpu"))
+    return [p.detach() - b for p, b in zip(model.parameters(), before)]
+
+
+@pytest.mark.parametrize("loss", ["rasft", "asft"])
+def test_micro_batch_size_does_not_change_the_gradient(tmp_path, tok, loss):
+    cfg = small_cfg(tmp_path, "--loss", loss, "--grad_clip", "1e9")
+    items, _ = rasft.build_items(rasft.load_rows(cfg), cfg, tok)
+    # sequences of different lengths and advantages, so a per-micro-batch mean would differ
+    batch = [{"item": i, "response": None if i % 3 else items[i]["response"][:5 + i], "adv": 0.5 + 0.1 * i,
+              "ref_logp": -4.0 - 0.05 * i} for i in range(7)]
+    one = step_delta(dataclasses.replace(cfg, micro_batch=1), tok, batch, items)
+    seven = step_delta(dataclasses.replace(cfg, micro_batch=7), tok, batch, items)
+    three = step_delta(dataclasses.replace(cfg, micro_batch=3), tok, batch, items)
+    assert all(torch.allclose(a, b, atol=1e-7) and torch.allclose(a, c, atol=1e-7) for a, b, c in zip(one, seven, three))
+    assert any(a.abs().max() > 0 for a in one)
+
+
+def test_save_then_from_pretrained(tmp_path, tok, tiny):
+    rasft.save_hf(tiny, tok, str(tmp_path))
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in tiny.state_dict().items())
+    tok2 = AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "Compute 12+34-5.\n 12+34=46. \\boxed{41}<|im_end|>"
+    assert tok2(text)["input_ids"] == tok(text)["input_ids"] and tok2.decode(tok(text)["input_ids"]) == text
+    assert rasft.stop_token_ids(tok2) == rasft.stop_token_ids(tok)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+    args = ["--max_items", "64", "--refresh_every", "2", "--save_every", "3", "--max_steps", "7"]
+    rasft.train(small_cfg(tmp_path / "straight", *args))
+    real_step, calls = rasft.train_step, []
+
+    def dies_at_step_5(*a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("killed")
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(rasft, "train_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        rasft.train(small_cfg(tmp_path / "killed", *args))
+    monkeypatch.setattr(rasft, "train_step", real_step)
+    rasft.train(small_cfg(tmp_path / "killed", *args, "--resume", "true"))
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [m["step"] for m in metrics(tmp_path / "killed") if "loss" in m]
+    assert steps == [1, 2, 3, 4, 4, 5, 6, 7]  # step 4 ran, died before its checkpoint, and ran again
+
+
+class ScriptedEngine:
+    """Answers 'Compute a+b-c.' correctly in the first sample and wrongly in the others."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def load_weights(self, named_tensors):
+        list(named_tensors)
+
+    def generate(self, prompts, n=1, **kw):
+        out = []
+        for p in prompts:
+            expr = re.search(r"Compute (\d+[+-]\d+[+-]\d+)\.", self.tok.decode(p)).group(1)
+            value = eval(expr)
+            texts = [f"{expr}={value}. \\boxed{{{value}}}"] + [f"guess number {k} is {value + k} \\boxed{{{value + k}}}"
+                                                             for k in range(1, n)]
+            out.append([self.tok(t)["input_ids"] + [rasft.end_token_id(self.tok)] for t in texts])
+        return out
+
+
+def test_refresh_trains_verified_rollouts_with_their_advantages(tmp_path, monkeypatch):
+    monkeypatch.setattr(rasft, "make_engine", lambda policy, tok, *a: ScriptedEngine(tok))
+    seen = []
+    real_step = rasft.train_step
+    monkeypatch.setattr(rasft, "train_step", lambda scorer, opt, batch, *a: seen.extend(batch) or real_step(scorer, opt, batch, *a))
+    cfg = small_cfg(tmp_path, "--max_items", "96", "--refresh_every", "2", "--rollout_frac", "1.0")
+    rasft.train(cfg)
+    refreshes = [m for m in metrics(tmp_path) if m.get("event") == "refresh"]
+    assert refreshes and sum(r["queued_rollouts"] for r in refreshes) > 0
+    records = {r["item"]: r for r in map(json.loads, open(tmp_path / "solvability.jsonl"))}
+    rollouts = [s for s in seen if s["response"] is not None]
+    assert rollouts
+    for s in rollouts:
+        r = records[s["item"]]
+        expert_adv, pos = rasft.group_advantages(r["distinct"], r["correct"], r["rollouts"] - r["correct"], cfg)
+        assert s["adv"] == pytest.approx(pos[0]) and r["expert_adv"] == pytest.approx(expert_adv, abs=1e-4)
+        experts = [x for x in seen if x["item"] == s["item"] and x["response"] is None]
+        assert any(x["adv"] == pytest.approx(expert_adv) for x in experts)
+        assert s["ref_logp"] < 0
+    assert len({s["item"] for s in seen if s["response"] is None}) == 96  # every item trained as an expert
