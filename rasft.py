@@ -35,20 +35,35 @@ depend on the number of ranks; the verifier never falls back to "the last number
 """
 
 import argparse
+import atexit
+import contextlib
 import dataclasses
 import inspect
 import json
 import math
+import multiprocessing
 import os
 import random
 import re
+import secrets
+import select
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+import tokenize
 from dataclasses import dataclass, fields
+from fractions import Fraction
+from multiprocessing.connection import Pipe
 
+import sympy
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr, rationalize,
+                                        standard_transformations)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -132,12 +147,12 @@ class Config:
     save_every: int = 0                # optimizer steps between checkpoints (0 = only the final model)
     resume: bool = False               # continue from the latest checkpoint in --out
     wandb: str = ""                    # wandb project name ('' = off)
-    demo_warmup: int = 150             # tiny model only: SFT steps from random init before the method starts
+    demo_warmup: int = 400             # tiny model only: SFT steps from random init before the method starts
     eval_items: int = 200              # demo: held-out problems evaluated before and after
 
 
 # Defaults for the CPU demo; they apply to --model tiny unless the flag is given.
-DEMO = dict(data="demo", batch_size=64, micro_batch=64, lr=2e-3, warmup=0.0, max_len=256,
+DEMO = dict(data="demo", epochs=4, repetition_penalty=1.0, batch_size=64, micro_batch=64, lr=5e-4, warmup=0.0, max_len=256,
             min_response=8, max_new_tokens=48, act_ckpt=False, refresh_every=8, route_chunk=64)
 
 # The authors' two training sets, and the demo task's fields.
@@ -153,11 +168,15 @@ QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
 
 def parse_args(argv=None):
     """argparse from the Config fields: every flag, its type, default and help come from there."""
-    comments = dict(re.findall(r"^    (\w+): \w+ = .*?#\s*(.*)$", inspect.getsource(Config), re.M))
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    for f in fields(Config):
-        p.add_argument(f"--{f.name}", type=_str2bool if f.type is bool else f.type, default=None, metavar=f.type.__name__,
-                       help=f"{comments.get(f.name, '')} (default: {f.default!r})".replace("%", "%%"))
+    p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1])
+    group, types = p, {f.name: f.type for f in fields(Config)}
+    for line in inspect.getsource(Config).splitlines():  # groups and help text are the comments in Config
+        if m := re.match(r"    # (\w+)$", line):
+            group = p.add_argument_group(m[1])
+        elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
+            kind = types[m[1]]
+            group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__,
+                               help=f"{m[3] or ''} (default: {m[2]})".replace("%", "%%"))
     given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
     cfg = Config(**given)
     if cfg.model == "tiny":
@@ -354,32 +373,450 @@ def end_token_id(tok):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 5. Verifier
+# 5. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
+
+# ----------------------------- math: extraction -----------------------------
+_BRACED = r"(?:\\.|[^{}\\])*"
+for _ in range(8):  # balanced braces nested up to 8 deep; escaped \{ \} are plain characters
+    _BRACED = r"(?:\\.|[^{}\\]|\{" + _BRACED + r"\})*"
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?:\s*\{(" + _BRACED + r")\}| +([^\s${][^\s$]*))")  # also `\boxed 5`
+# Boxes separated only by these form one answer: "\boxed{1}, \boxed{2}", "\boxed{a} and \boxed{b}".
+_BOX_GAP_RE = re.compile(r"[\s,;$]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\q?quad)[\s,;$]*)?")
+_MARKER_RE = re.compile(r"final answer(?: is\b\s*:?|\s*:)|answer\s*:", re.I)
+_DELIM_RE = re.compile(r"^\s*\\[\[(]|\\[\])]\s*$")
 
 
 def extract_answer(text):
-    """The content of the last \boxed{...}, or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j].strip()
+    """The last boxed answer (adjacent boxes joined), else the text after the last "answer:" marker, else None."""
+    tail = text[text.rfind("</think>") + 8:] if text and "</think>" in text else ""
+    text = tail if _BOX_RE.search(tail) else text or ""
+    if boxes := [(m.start(), m.end(), (m[1] or m[2] or "").strip()) for m in _BOX_RE.finditer(text)]:
+        parts = [boxes[-1][2]]  # an unclosed (truncated) box does not match
+        for prev, cur in zip(boxes[-2::-1], boxes[:0:-1]):
+            if not _BOX_GAP_RE.fullmatch(text[prev[1]:cur[0]]):
+                break
+            if prev[2] not in parts:  # a model re-boxing the same answer is one answer
+                parts.insert(0, prev[2])
+        return ", ".join(parts) if all(parts) else None
+    for m in reversed(list(_MARKER_RE.finditer(text))):
+        line = next((ln for ln in text[m.end():].split("\n") if ln.strip(" \t*$")), "")
+        line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]  # sentence end, not a decimal point
+        if ans := _DELIM_RE.sub("", line.strip(" \t*$")).strip(" *$."):
+            return ans
     return None
 
 
+# ---------------------------- math: normalization ---------------------------
+_UNICODE = {"√": "\\sqrt", "π": "\\pi ", "×": "\\times ", "÷": "\\div ", "−": "-", "–": "-", "≤": "<=", "≥": ">=",
+            "∞": "\\infty ", "°": "", "·": "\\cdot ", "∪": "\\cup ", "∈": "\\in ", "≠": "\\ne "}
+_FUNCS = "asin|acos|atan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|exp|log|ln"
+_TEXT_CMD = r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname|textnormal)\s*"
+_NORM_SUBS = [(re.compile(p), r) for p, r in (
+    (r"\\?[$%]|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?|\\(?:displaystyle|textstyle)", ""),
+    (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""), (_DELIM_RE.pattern, ""), (r",\\!\s*", ","), (r"\\!", ""),
+    (r"(?<!\\)\\(?:[,;: ]|q?quad(?![a-zA-Z]))|~", " "), (r"\\[dt]frac", r"\\frac"),
+    (r"\\le(?:q|qslant)?(?![a-zA-Z])", "<="), (r"\\ge(?:q|qslant)?(?![a-zA-Z])", ">="),
+    (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
+    (r"\[(?=\s*-\s*\\infty)", "("), (r"(?<=\\infty)\s*\]", ")"),  # an interval is open at an infinity
+    (r"(\d)\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*\{?([-+]?\d+)\}?", r"\1e\2"),  # 4\times10^{3} -> 4e3
+    # LaTeX that sympy has other names for; \frac, \sqrt and braces are left to _to_sympy
+    (r"\\(" + _FUNCS + r")\s*\^\s*\{?(\d)\}?\s*(\([^()]*\)|\\?[a-zA-Z0-9]+)", r"(\\\1(\3))^{\2}"),  # \sin^2 x
+    (r"_\{\\?([A-Za-z0-9]+)\}|_\\?([A-Za-z0-9])", r"_\1\2"), (r"\|([^|]+)\|", r"Abs(\1)"),
+    (r"\\log_\{?(\w+)\}?\s*(\([^()]*\)|\{[^{}]*\}|\w+)", r"\\log(\2, \1)"), (r"\\cdot|\\times", "*"),
+    (r"\\lfloor", " floor("), (r"\\lceil", " ceiling("), (r"\\r(?:floor|ceil)", ")"), (r"\\div", "/"),
+    (r"\\arc", r"\\a"), (r"\\ln(?![a-zA-Z])", r"\\log"), (r"\\var(?=epsilon|theta|phi)", r"\\"))]
+_UNIT_TEX_RE = re.compile(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$")
+_UNIT_WORD_RE = re.compile(r"(?:\s+[a-zA-Z]{2,}\.?)+(?:\^\{?\d\}?)?$")
+_LEADING_NUM_RE = re.compile(r"[-+]?(?:\d|\.\d|\\frac\{?\d|\\sqrt)")
+_NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?")
+_FRAC_RE = re.compile(r"\\frac\s*(?:\{\s*(-?\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))")
+_REPEAT_RE = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?")
+
+
+def _norm(s):
+    for k, v in _UNICODE.items():
+        s = s.replace(k, v)
+    for pat, rep in _NORM_SUBS:
+        s = pat.sub(rep, s)
+    if lead := _LEADING_NUM_RE.match(s := s.strip()):  # units only after a number: a bare `m`, `2m` survive
+        s = _UNIT_TEX_RE.sub("", s).strip() or s
+    s = re.sub(r"\s+", " ", re.sub(_TEXT_CMD + r"\{([^{}]*)\}", r" \1 ", s)).strip().rstrip(".").strip()
+    s = re.sub(r"\s+(?:or|and)\s+", ", ", _UNIT_WORD_RE.sub("", s) or s if lead else s)
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # thousands separators, not a list
+        s = s.replace(",", "")
+    return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", r"\1\2", s)  # base subscript 204_5 -> 204; (B) -> B
+
+
+def _to_number(s):
+    """Exact Fraction for a plain numeric literal (int, decimal, 4e3, a/b, \\frac, mixed, repeating), or None."""
+    s = _FRAC_RE.sub(lambda m: f" {m[1] or m[2]}/{m[3] or m[4]}", s).strip()
+    try:
+        if m := re.fullmatch(r"([-+]?) *(?:(\d+) +)?(-?\d+/\d+)", s):  # a/b or a mixed number `2 1/2`
+            v = int(m[2] or 0) + Fraction(m[3])
+        elif m := _REPEAT_RE.fullmatch(s):  # 0.1\overline{6}
+            head, rep = m[2] + m[3], m[4]
+            v = Fraction(int(head + rep) - int(head or "0"), 10 ** len(m[3]) * (10 ** len(rep) - 1))
+        else:
+            return Fraction(s) if _NUM_RE.fullmatch(s) else None
+        return -v if m[1] == "-" else v
+    except (ValueError, ZeroDivisionError):  # e.g. >4300-digit ints, x/0: not a plain number
+        return None
+
+
+def _tol(g):
+    """Half a unit in the gold's last digit when the gold is a decimal (or 4e3) literal, else 0 (exact)."""
+    m = re.fullmatch(r"[-+]?\d*(?:\.(\d*))?(?:e([-+]?\d{1,3}))?", g)
+    return Fraction(10) ** (int(m[2] or 0) - len(m[1] or "")) / 2 if m and (m[2] or (m[1] or "").strip("0")) else 0
+
+
+# -------------------------- math: LaTeX -> sympy -----------------------------
+# Letters that name sympy objects (N, S, gamma, ...) are plain symbols in an answer; e and i are constants.
+_LOCALS = {**{c: sympy.Symbol(c) for c in "E I N O Q S beta gamma zeta Lambda".split()}, "e": sympy.E, "i": sympy.I}
+_TRANSFORMS = standard_transformations + (implicit_multiplication_application, convert_xor, rationalize)
+_ARG = r"(\d|[a-zA-Z]|\\[a-zA-Z]+)"  # a one-token argument: \frac12, \sqrt x, \frac\pi2
+# Applied until nothing changes, so each rule only ever sees brace-free arguments (innermost first).
+_TEX_RULES = [(re.compile(p), r) for p, r in (
+    (r"\\(frac|binom|sqrt)" + _ARG, r"\\\1{\2}"), (r"(\\(?:frac|binom)\{[^{}]*\})" + _ARG, r"\1{\2}"),
+    (r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))"), (r"\\binom\{([^{}]*)\}\{([^{}]*)\}", r" binomial(\1,\2)"),
+    (r"\\sqrt\[([^\[\]{}]*)\]\{([^{}]*)\}", r"((\2)**(1/(\1)))"),
+    (r"(?<!\\frac)(?<!\\binom)(?<![}\]])\{([^{}]*)\}", r"(\1)"))]  # a plain group; not an argument of the above
+_SAFE_RE = re.compile(r"[A-Za-z0-9_\s+\-*/().,!]*")
+_PARSE_ERRORS = (SyntaxError, TypeError, ValueError, AttributeError, NameError, KeyError, IndexError, ZeroDivisionError,
+                 OverflowError, RecursionError, NotImplementedError, tokenize.TokenError, sympy.SympifyError)
+
+
+def _to_sympy(s):
+    s, old = re.sub(r"\s*([{}\[\]])\s*", r"\1", re.sub(r"(\d)e([-+]?\d)", r"\1*10^\2", s)), None
+    while s != old:
+        old = s
+        for pat, rep in _TEX_RULES:
+            s = pat.sub(rep, s)
+    py = re.sub(r"\\infty(?![a-zA-Z])", " oo ", s.replace("{", "(").replace("}", ")").replace("^", "**"))
+    py = re.sub(r"\\([a-zA-Z]+)", lambda m: " lamda " if m[1] == "lambda" else f" {m[1]} ", py)
+    py = re.sub(r"([A-Za-z0-9_.]+|\([^()]*\))\s*!", r" factorial(\1)", py)  # tighter than implicit products
+    # parse_expr evals its input: only arithmetic tokens, no dunders or attribute access, reach it. 10^5! and up
+    # or a numeric tower like 10^{10^{10}} are too big to build (the worker's timeout would stop them, slowly).
+    if (not _SAFE_RE.fullmatch(py) or "__" in py or len(py) > 2000
+            or re.search(r"\.\s*[A-Za-z_]|factorial\(\d{5}|\*\*[\s(]*\d+[\s)]*\*\*", py)):
+        return None
+    try:
+        e = parse_expr(py, local_dict=dict(_LOCALS), transformations=_TRANSFORMS)
+    except _PARSE_ERRORS:  # not an expression sympy understands
+        return None
+    return e if isinstance(e, sympy.Expr) else None
+
+
+def _vals(e, syms):
+    """e at four fixed random rational points; None where it is undefined or infinite."""
+    rng = random.Random(1234)
+    pts = [{s: sympy.Rational(rng.randint(-300, 300) or 7, rng.randint(71, 131)) for s in syms} for _ in range(4)]
+    return [v if (v := e.evalf(30, subs=pt)).is_number and v.is_finite else None for pt in pts]
+
+
+def _expr_eq(a, b, tol):
+    if not (syms := a.free_symbols | b.free_symbols):
+        va, vb = sympy.N(a, 50), sympy.N(b, 50)
+        if not (va.is_finite and vb.is_finite):
+            return va == vb
+        return bool(abs(va - vb) <= (sympy.Rational(tol) * 1.000000001 if tol else 1e-40 * max(abs(va), abs(vb))))
+    vals = [(va, vb) for va, vb in zip(_vals(a, syms), _vals(b, syms)) if va is not None and vb is not None]
+    if any(abs(va - vb) > 1e-20 * max(abs(va), abs(vb), 1) for va, vb in vals):
+        return False
+    return len(vals) >= 2 or sympy.simplify(a - b) == 0
+
+
+def _scalar_eq(p, g):
+    if p == g or all(re.fullmatch(r"[A-Za-z][A-Za-z ]{2,}", x) for x in (p, g)):
+        return p.lower() == g.lower()  # word answers ("East", "ellipse") match up to case
+    if (fp := _to_number(p)) is not None and (fg := _to_number(g)) is not None:
+        return abs(fp - fg) <= _tol(g)
+    a, b = _to_sympy(p), _to_sympy(g)
+    return a is not None and b is not None and _expr_eq(a, b, _tol(g))
+
+
+# --------------------------- math: structures -------------------------------
+_MATRIX_RE = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]+\})?(.*)\\end\{\1\}", re.S)
+_VAR_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?")
+_LHS_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z, ]*\))?")
+
+
+def _split_top(s, sep):
+    """s split at sep outside brackets (\\{ \\} count as brackets), or [] if a bracket closes unopened."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(s):
+        if (depth := depth + (c in "([{") - (c in ")]}")) < 0:
+            return []
+        if depth == 0 and s.startswith(sep, i) and not (sep == "=" and s[i - 1:i] in "<>!"):
+            parts, start = parts + [s[start:i]], i + len(sep)
+    return [p.strip() for p in parts + [s[start:]]]
+
+
+def _coll(items):  # an unordered collection, nested ones flattened
+    return ("coll", [y for it in items for y in (it[1] if it[0] == "coll" else [it])])
+
+
+def _ineq(s):
+    """`x > 3`, `3 >= x`, `-1 <= x < 2` as an interval, or None."""
+    p = [t.strip() for t in re.split(r"(<=|>=|<|>)", s)]
+    if len(p) == 3:  # one-sided: the open end is an infinity
+        lt = p[1][0] == "<"
+        p = ([("-" if lt else "") + "\\infty", p[1][0], *p] if _VAR_RE.fullmatch(p[0])
+             else [*p, p[1][0], ("" if lt else "-") + "\\infty"])
+    if len(p) != 5 or not _VAR_RE.fullmatch(p[2]) or p[1][0] != p[3][0]:
+        return None
+    lo, o1, _, o2, hi = p if p[1][0] == "<" else p[::-1]
+    return ("seq", "[" if "=" in o1 else "(", "]" if "=" in o2 else ")", [_parse(lo), _parse(hi)])
+
+
+def _parse(s):
+    """Tree of ('x', scalar) | ('coll', unordered items) | ('seq', open, close, items) | ('eq', lhs, rhs)."""
+    s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s.strip())
+    if m := _MATRIX_RE.fullmatch(s):
+        rows = [[_parse(c) for c in r.split("&")] for r in re.split(r"\\\\", m[2]) if r.strip()]
+        if len(rows) == 1 or all(len(r) == 1 for r in rows):  # a row or column vector equals a tuple
+            return ("seq", "(", ")", [c for r in rows for c in r])
+        return ("seq", "M", "M", [("seq", "M", "M", r) for r in rows])
+    for sep in ("\\cup", ","):
+        if len(parts := _split_top(s, sep)) > 1:
+            return _coll([_parse(p) for p in parts if p])
+    if s.startswith("\\{") and s.endswith("\\}"):
+        return _coll([_parse(p) for p in _split_top(s[2:-2], ",") if p])
+    if s[:1] in "([" and s[-1:] in ")]" and len(items := _split_top(s[1:-1], ",")) > 1:
+        return ("seq", s[0], s[-1], [_parse(p) for p in items])
+    if "<" in s or ">" in s:
+        return _ineq(s) or ("x", s)
+    if m := re.search(r"\\(?:pm|mp)(?![a-zA-Z])", s):
+        return _coll([_parse(s[:m.start()] + op + s[m.end():]) for op in "+-"])
+    return ("eq", *sides) if len(sides := _split_top(s, "=")) == 2 else ("x", s)
+
+
+def _eq_eq(p, g):
+    if None in (sides := [_to_sympy(x) for x in (*p[1:], *g[1:])]):
+        return False
+    d1, d2 = sides[0] - sides[1], sides[2] - sides[3]  # equivalent equations: proportional differences
+    r = [v for v in _vals(d1 / d2, d1.free_symbols | d2.free_symbols) if v is not None]
+    return len(r) >= 2 and abs(r[0]) > 1e-12 and all(abs(x - r[0]) < 1e-15 * abs(r[0]) for x in r)
+
+
+def _cmp(p, g):
+    if "coll" in (p[0], g[0]):  # unordered: solution lists and sets
+        left, gs = list(p[1] if p[0] == "coll" else [p]), g[1] if g[0] == "coll" else [g]
+        for gi in gs if len(left) == len(gs) else ():
+            if (j := next((j for j, pj in enumerate(left) if _cmp(pj, gi)), None)) is None:
+                return False
+            del left[j]
+        return not left
+    if p[0] == g[0] == "eq":
+        return _eq_eq(p, g)
+    if p[0] == "eq" and _LHS_RE.fullmatch(p[1]):  # "x = 5" vs "5"
+        return _cmp(_parse(p[2]), g)
+    if g[0] == "eq" and _LHS_RE.fullmatch(g[1]):
+        return _cmp(p, _parse(g[2]))
+    if p[0] == g[0] == "seq":
+        return p[1:3] == g[1:3] and len(p[3]) == len(g[3]) and all(map(_cmp, p[3], g[3]))
+    return p[0] == g[0] == "x" and _scalar_eq(p[1], g[1])
+
+
+def _fast_equal(pred, gold):
+    """In-process verdict for equal strings or two plain numbers; None when sympy is needed."""
+    p, g = _norm(pred), _norm(gold)
+    fp, fg = _to_number(p), _to_number(g)
+    if p == g or (fp is not None and fg is not None and abs(fp - fg) <= _tol(g)):
+        return True
+    return None if fp is None or fg is None or "%" in pred + gold else False
+
+
+def _math_equal_inner(pred, gold):
+    p, g = _norm(pred), _norm(gold)  # a percent sign may also mean /100: 50% == 0.5, either way round
+    return bool(_cmp(_parse(p), _parse(g)) or "%" in gold and _scalar_eq(p, f"({g})/100")
+                or "%" in pred and _scalar_eq(f"({p})/100", g))
+
+
+# ------------------- math: hard timeout in a forked worker -------------------
+# sympy can hang and SIGALRM cannot interrupt C code or run off the main thread, so the symbolic part runs in a
+# forked child, SIGKILLed on overrun. Fork (not spawn): milliseconds to start, no re-import of the trainer.
+def _start_worker():
+    conn, child = Pipe()
+    if (pid := os.fork()) == 0:
+        conn.close()  # so the child sees EOF (and exits) when the parent dies
+        try:
+            while True:
+                args = child.recv()
+                try:
+                    r = bool(_math_equal_inner(*args))
+                except Exception:  # noqa: BLE001 -- one bad input must not kill the worker; it counts as unequal
+                    r = False
+                child.send(r)
+        finally:  # parent gone (EOFError), Ctrl-C, anything: leave without running the parent's atexit hooks
+            os._exit(0)
+    child.close()
+    return pid, conn
+
+
+_WORKER, _LOCK, _HOOKED = None, threading.Lock(), False  # _WORKER: (pid, connection) or None
+
+
+def _forget_worker():  # in a forked child: the parent's worker is not ours to use or kill
+    global _WORKER, _LOCK
+    if _WORKER:
+        _WORKER[1].close()
+    _WORKER, _LOCK = None, threading.Lock()
+
+
+def _shutdown_worker():
+    global _WORKER
+    if _WORKER:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):  # already gone and reaped
+            os.kill(_WORKER[0], signal.SIGKILL)
+            os.waitpid(_WORKER[0], 0)  # reap, so no zombie is left behind
+        _WORKER[1].close()
+    _WORKER = None
+
+
 def math_equal(pred, gold, timeout=5.0):
-    return pred is not None and pred.replace(" ", "") == gold.replace(" ", "")
+    global _WORKER, _HOOKED
+    if pred is None or gold is None:
+        return False
+    if (fast := _fast_equal(str(pred), str(gold))) is not None:
+        return fast
+    with _LOCK:
+        if not _HOOKED:  # registered on first use, not at import
+            _HOOKED = True
+            atexit.register(_shutdown_worker)
+            os.register_at_fork(after_in_child=_forget_worker)
+        _WORKER = _WORKER or _start_worker()
+        try:
+            _WORKER[1].send((str(pred), str(gold)))
+            r = _WORKER[1].recv() if _WORKER[1].poll(timeout) else None
+        except (OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
+            r = None
+        if r is None:
+            _shutdown_worker()
+    return bool(r)
 
 
 def verify_math(completion, gold, timeout=5.0):
     return math_equal(extract_answer(completion), gold, timeout)
 
 
+def verify_many(pairs, timeout=5.0, workers=None):
+    """verify_math over pairs in a pool of forked processes, each with its own timed worker."""
+    with multiprocessing.get_context("fork").Pool(max(1, min(len(pairs), workers or os.cpu_count()))) as pool:
+        return pool.starmap(verify_math, [(c, g, timeout) for c, g in pairs], chunksize=1)
+
+
+# ----------------------------- code: sandboxed tests ------------------------
+# Covers runaway CPU / wall time / memory / output / file size, accidental or lazy damage to the host (deleting
+# files outside the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit
+# hooks, printing "all tests passed"): success is a random per-call marker that the harness prints only after the
+# last test returned; it arrives through a pipe closed before the candidate runs (in no file, argv or env).
+# NOT covered: a determined adversary (frame or gc introspection, /proc/self/mem, ctypes, objects whose __eq__ is
+# always True). A reward guard for model-written code, not a security boundary: run it in a container. Limits are
+# set inside the child, not in preexec_fn, which is unsafe in a threaded trainer.
+_HARNESS = r'''
+import inspect, os, pathlib, resource, shutil, subprocess, sys, tempfile, types
+def _main():
+    fd, cpu, mem = map(int, sys.argv[1:4])
+    marker, write, exit_ = os.read(fd, 64), os.write, os._exit
+    os.close(fd)
+    for lim, v in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, mem), (resource.RLIMIT_FSIZE, 1 << 24),
+                   (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(lim, (v, v))
+    prog, tests = (open(f).read() for f in ("solution.py", "tests.py"))
+    os.remove("solution.py"), os.remove("tests.py")
+    root = os.path.realpath(".") + os.sep
+    def deny(*a, **k):
+        raise PermissionError("disabled by the rasft sandbox")
+    def inside(fn):
+        def guarded(*a, **k):
+            if any(isinstance(x, (str, bytes, os.PathLike)) and not os.path.realpath(os.fsdecode(x)).startswith(root)
+                   for x in a):
+                raise PermissionError("path outside the sandbox directory")
+            return fn(*a, **k)
+        return guarded
+    for mod, names in ((os, "remove unlink rmdir removedirs rename renames replace chmod chown truncate"),
+                       (shutil, "rmtree move copy copy2 copyfile copytree chown")):
+        for n in names.split():
+            setattr(mod, n, inside(getattr(mod, n)))
+    for n in [n for n in dir(os) if n.startswith(("exec", "spawn", "posix_spawn", "fork"))] + \
+            "kill killpg system popen putenv unsetenv setsid _exit".split():
+        setattr(os, n, deny)
+    subprocess.Popen = subprocess.run = subprocess.call = subprocess.check_output = deny
+    sys.modules["solution"] = sol = types.ModuleType("solution")
+    exec(compile(prog, "solution.py", "exec"), sol.__dict__)
+    if "from solution import" in tests or "import solution" in tests:  # pytest style (KodCode)
+        exec(compile(tests, "tests.py", "exec"), ns := {"__name__": "tests"})
+        def call(fn):  # with pytest.mark.parametrize grids and a tmp_path fixture
+            combos = [{}]
+            for m in [m for m in getattr(fn, "pytestmark", []) if m.name == "parametrize"]:
+                names = m.args[0].replace(" ", "").split(",") if isinstance(m.args[0], str) else list(m.args[0])
+                rows = [v.values if type(v).__name__ == "ParameterSet" else v if len(names) > 1 else (v,)
+                        for v in m.args[1]]
+                combos = [{**c, **dict(zip(names, v))} for c in combos for v in rows]
+            for kw in combos:
+                if "tmp_path" in inspect.signature(fn).parameters:
+                    kw["tmp_path"] = pathlib.Path(tempfile.mkdtemp(dir="."))
+                fn(**kw)
+        for name, obj in list(ns.items()):
+            if name.startswith("Test") and isinstance(obj, type):  # a fresh instance per test method
+                for meth in [m for m in vars(obj) if m.startswith("test")]:
+                    call(getattr(obj(), meth))
+            elif name.startswith("test") and inspect.isfunction(obj):
+                call(obj)
+    else:  # HumanEval check(...) or MBPP asserts, in the program's namespace
+        exec(compile(tests, "tests.py", "exec"), sol.__dict__)
+    write(1, b"\n" + marker + b"\n")
+    exit_(0)  # skip the candidate's atexit hooks and non-daemon threads
+_main()
+'''
+
+
+def run_tests(program, tests, timeout=10.0, memory_mb=2048, max_output=1 << 20):
+    marker = secrets.token_hex(16).encode()
+    with tempfile.TemporaryDirectory(prefix="rasft_exec_") as d:
+        for name, text in (("solution.py", program), ("tests.py", tests), ("harness.py", _HARNESS)):
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+        r, w = os.pipe()
+        os.write(w, marker)
+        os.close(w)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": d, "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-I", "harness.py", str(r), str(int(timeout) + 1), str(memory_mb << 20)]
+        try:
+            proc = subprocess.Popen(cmd, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, pass_fds=(r,), start_new_session=True)
+        finally:
+            os.close(r)
+        out, deadline, fd = bytearray(), time.monotonic() + timeout, proc.stdout.fileno()
+        # Past the output cap the run fails: the marker is printed last.
+        while len(out) <= max_output and (left := deadline - time.monotonic()) > 0:
+            if not select.select([fd], [], [], left)[0] or not (chunk := os.read(fd, 1 << 16)):
+                break
+            out += chunk
+        with contextlib.suppress(ProcessLookupError):  # everything may have exited already
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the candidate's children too
+        proc.wait()
+        proc.stdout.close()
+    return len(out) <= max_output and marker in out
+
+
+_FENCE_RE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
+
+
+def extract_code(completion):
+    """The last ```python block (else the last fenced block; an unclosed fence: the text after it; no fence: all)."""
+    blocks = _FENCE_RE.findall(completion)
+    code = [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")] or [b for _, b in blocks]
+    if code:
+        return code[-1]
+    return completion.rsplit("```", 1)[1].split("\n", 1)[-1] if "```" in completion else completion
+
+
 def verify_code(completion, tests, entry_point=None, timeout=10.0):
-    raise NotImplementedError
+    if entry_point and re.search(r"^def check\(", tests, re.M):
+        tests = f"{tests}\n\ncheck({entry_point})\n"
+    return run_tests(extract_code(completion), tests, timeout)
 
 
 def verify(completion, target):
@@ -415,13 +852,14 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0,
-                 seed=0, batch=64):
+                 seed=0, batch=256):
+        """batch: sequences per `generate` call (prompts x n)."""
         torch.manual_seed(seed)
         dev, pad = self.model.device, self.tok.pad_token_id
-        sample = temperature > 0
+        sample, step = temperature > 0, max(1, batch // n)
         out = []
-        for i in range(0, len(prompts), batch):
-            part = prompts[i:i + batch]
+        for i in range(0, len(prompts), step):
+            part = prompts[i:i + step]
             width = max(map(len, part))  # left padding: generation continues from the right edge
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in part], device=dev)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=dev)
@@ -570,7 +1008,7 @@ class Scorer(nn.Module):
 
 
 def hidden(model, input_ids, attention_mask):
-    return model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
 def seq_mean(x, seq, n):
@@ -641,8 +1079,11 @@ def load_policy(cfg, tok):
     if cfg.model == "tiny":
         torch.manual_seed(cfg.seed)
         return tiny_model(tok)
-    from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")
+    from transformers import AutoConfig, AutoModelForCausalLM
+    saved_dtype = AutoConfig.from_pretrained(cfg.model).dtype
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")
+    model.config.dtype = saved_dtype  # the final model is saved as it came (bf16 for Qwen), not as fp32 masters
+    return model
 
 
 def frozen_copy(model, dtype):
@@ -904,7 +1345,7 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
 
 
 def train(cfg):
-    """Fine-tune cfg.model on cfg.data with cfg.loss; returns the held-out accuracy (demo) or None."""
+    """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (demo)."""
     _, world, device = setup_dist()
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
@@ -944,7 +1385,8 @@ def train(cfg):
         # 2. refresh: every refresh_every steps, and whenever the queue runs dry with items pending
         step, queue = state["step"], state["queue"]
         dry = len(queue) < cfg.batch_size and state["cursor"] == len(state["order"])
-        if adaptive and ((step and step % cfg.refresh_every == 0) or (dry and state["pending"])
+        if adaptive and ((step and step % cfg.refresh_every == 0 and (state["pending"] or state["hard"]))
+                         or (dry and state["pending"])
                          or (dry and cfg.final_refresh and state["hard"] and not state.get("final_done"))):
             state["final_done"] = dry
             r = refresh(state, scorer, engine, items, tok, cfg, device)
@@ -989,7 +1431,7 @@ def train(cfg):
         engine.load_weights(full_params(scorer.policy))
         acc = evaluate(engine, heldout, tok, cfg)
         print0(f"held-out accuracy: {'' if acc0 is None else f'{100 * acc0:.1f}% before -> '}{100 * acc:.1f}% after")
-        return acc
+        return {"before": acc0, "after": acc}
     return None
 
 
@@ -1015,6 +1457,15 @@ def make_engine(policy, tok, cfg, device, dtype):
     return HFEngine(frozen_copy(policy, dtype).to(device), tok, stop_token_ids(tok))
 
 
+def open_engine(path, tok, backend="auto", device=None, max_len=4096, gpu_memory=0.9, seed=0):
+    """An engine on a finished model (a directory or Hub id), for evaluation."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if backend == "vllm":
+        raise NotImplementedError("--backend vllm")
+    return HFEngine.from_pretrained(path, tok, stop_token_ids(tok), device,
+                                    torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
 def evaluate(engine, rows, tok, cfg):
     """Greedy held-out accuracy, verified (rank 0 computes, everyone gets the number)."""
     acc = [0.0]
@@ -1032,7 +1483,8 @@ def evaluate(engine, rows, tok, cfg):
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-DEMO_TRAIN = 6000  # training problems of the demo task
+DEMO_WARMUP_LR = 2e-3  # from random weights; the method then fine-tunes at the (lower) demo lr
+DEMO_TRAIN = 2400  # training problems of the demo task (of the 2916 there are, one in ten held out)
 
 
 def tiny_tokenizer():
@@ -1061,12 +1513,12 @@ def tiny_model(tok):
 
 
 def demo_rows(n, seed, heldout=False):
-    """'Compute 38+47-24.' -> '38+47=85. 85-24=61. \\boxed{61}'. One problem in ten (by a hash of
+    """'Compute 8+7-4.' -> '8+7=15. 15-4=11. \\boxed{11}'. One problem in ten (by a hash of
     its text) is held out, so the training and held-out sets never share a problem."""
     import zlib
     rng, rows, seen = random.Random(seed), [], set()
     while len(rows) < n:
-        a, b, c = (rng.randint(10, 99) for _ in range(3))
+        a, b, c = (rng.randint(1, 9) for _ in range(3))
         o1, o2 = rng.choice("+-"), rng.choice("+-")
         problem = f"Compute {a}{o1}{b}{o2}{c}."
         if (zlib.crc32(problem.encode()) % 10 == 0) != heldout or problem in seen:
@@ -1085,17 +1537,24 @@ def demo_heldout(cfg, tok):
              "answer": r["answer"]} for r in rows]
 
 
+def warm_up(cfg):
+    """The method starts from a model that solves some problems: warm the random tiny model up with
+    plain SFT (on other problems of the task), then point cfg at the result."""
+    epochs = math.ceil(cfg.demo_warmup * cfg.batch_size / (cfg.max_items or DEMO_TRAIN))
+    warm = dataclasses.replace(cfg, loss="sft", adaptive=False, max_steps=cfg.demo_warmup, epochs=epochs, seed=cfg.seed + 1,
+                               lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10,
+                               out=os.path.join(cfg.out, "warmup"), save_every=0, resume=False)
+    print0(f"== demo warm-up: {cfg.demo_warmup} steps of plain SFT from random weights -> {warm.out}")
+    train(warm)
+    print0(f"== {cfg.loss} from the warmed-up model -> {cfg.out}")
+    return dataclasses.replace(cfg, model=warm.out)
+
+
 def main(argv=None):
     cfg = parse_args(argv)
     try:
         if cfg.model == "tiny" and cfg.demo_warmup:
-            # The method starts from a model that solves some problems: warm the random tiny model up first.
-            warm = dataclasses.replace(cfg, loss="sft", adaptive=False, max_steps=cfg.demo_warmup, seed=cfg.seed + 1,
-                                       out=os.path.join(cfg.out, "warmup"), save_every=0, resume=False)
-            print0(f"== demo warm-up: {cfg.demo_warmup} steps of plain SFT from random weights -> {warm.out}")
-            train(warm)
-            cfg = dataclasses.replace(cfg, model=warm.out)
-            print0(f"== {cfg.loss} from the warmed-up model -> {cfg.out}")
+            cfg = warm_up(cfg)
         return train(cfg)
     except DataError as e:
         print0(f"error: {e}")

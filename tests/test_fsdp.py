@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 import rasft
 from conftest import small_cfg
 
-ARGS = ["--max_items", "48", "--max_steps", "4", "--refresh_every", "2"]
+ARGS = ["--max_items", "48", "--max_steps", "4", "--refresh_every", "2", "--act_ckpt", "true"]
 
 
 def records(path, name):
