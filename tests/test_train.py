@@ -142,7 +142,8 @@ def test_demo_pipeline_warm_up_then_each_loss(tmp_path):
     """python rasft.py's path (warm-up from random weights, save, reload, the method) at a tiny budget,
     through the side-by-side demo benchmark."""
     import bench_demo
-    rows = bench_demo.main(["--losses", "sft,rasft", "--out", str(tmp_path), "--demo_warmup", "3", "--max_items", "32",
+    rows = bench_demo.main(["--losses", "sft,rasft", "--out", str(tmp_path), "--rollout_backend", "hf",
+                            "--demo_warmup", "3", "--max_items", "32",
                             "--batch_size", "16", "--eval_items", "4", "--refresh_every", "1"])
     assert [r[0] for r in rows] == ["sft", "rasft"]
     assert all(0 <= r[1]["before"] <= 1 and 0 <= r[1]["after"] <= 1 for r in rows)

@@ -1,0 +1,283 @@
+"""
+Evaluate a model on the paper's six math and two code benchmarks (and the CPU demo's held-out task).
+
+    python eval.py --model out                               # the eight benchmarks, 16 samples per problem
+    python eval.py --model out --benchmarks demo --n 4       # the demo task's held-out problems
+    python eval.py --backend oracle --data_dir benchmarks/   # grade the gold answers: checks the pipeline (100%)
+
+Prompts are the ones used in training (rasft.prompt_text: the chat template with the math system prompt;
+code problems get the code instruction instead). Samples come from the rollout engine (vLLM, else HF
+generate) and are graded by rasft's verifier: math answers with verify_math, code by running the
+benchmark's own tests in the sandbox. Per benchmark: avg@n, the mean accuracy over all samples, and
+pass@k for k in {1, n} with the unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021).
+In --out: results.json, and <benchmark>.jsonl with every sample (id, completion, extracted answer, correct).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, NamedTuple
+
+import rasft
+
+GEN_CHUNK = 128     # prompts per generate() call: one progress step, and still a full batch for vLLM
+GRADE_CHUNK = 512   # math samples per verify_many() call
+DEMO_PROBLEMS, DEMO_SEED = 200, 12345  # the held-out set the CPU demo reports (rasft.demo_heldout)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Benchmarks: one table, name -> where the rows live and how a row becomes an item.
+# An item is {id, problem (the user message), target (gold answer, or a program prefix and tests),
+# reference (the gold as a completion: what --backend oracle answers)}.
+
+
+def math_item(pid, problem, gold):
+    gold = str(gold).strip()
+    return {"id": pid, "problem": problem, "target": {"answer": gold}, "reference": f"\\boxed{{{gold}}}"}
+
+
+def number(x):
+    """AMC 2023 answers are floats (27.0), AIME 2024's zero-padded strings ("025"): both become "27", "25"."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() else str(x)
+
+
+def fence(code):
+    return "```python\n" + code.strip("\n").rstrip() + "\n```"
+
+
+def humaneval_item(i, r):
+    """The signature and docstring go in the prompt; the graded program is that prompt (its imports and
+    helper functions) followed by the model's code, then the tests and check(entry_point)."""
+    return {"id": r["task_id"],
+            "problem": f"Complete the following Python function.\n\n{fence(r['prompt'])}",
+            "target": {"prefix": r["prompt"], "tests": f"{r['test']}\n\ncheck({r['entry_point']})\n"},
+            "reference": fence(r["prompt"] + r["canonical_solution"])}
+
+
+def mbpp_item(i, r):
+    """The task text plus its first test, so the function's name and signature are known."""
+    return {"id": r["task_id"],
+            "problem": f"{r['prompt']}\nYour code should pass this test:\n{r['test_list'][0]}",
+            "target": {"prefix": "", "tests": "\n".join(r["test_imports"] + r["test_list"]) + "\n"},
+            "reference": fence(r["code"])}
+
+
+class Bench(NamedTuple):
+    hub: str                       # Hub dataset id
+    configs: tuple                 # Hub configs, concatenated in this order
+    split: str
+    file: str                      # the same rows under --data_dir
+    item: Callable                 # (row index, row) -> item
+
+
+BENCHMARKS = {
+    "math500": Bench("HuggingFaceH4/MATH-500", (None,), "test", "math500.jsonl",
+                     lambda i, r: math_item(r["unique_id"], r["problem"], r["answer"])),
+    "aime24": Bench("HuggingFaceH4/aime_2024", (None,), "train", "aime24.jsonl",
+                    lambda i, r: math_item(r["id"], r["problem"], number(r["answer"]))),
+    "aime25": Bench("opencompass/AIME2025", ("AIME2025-I", "AIME2025-II"), "test", "aime25.jsonl",
+                    lambda i, r: math_item(i, r["question"], r["answer"])),
+    "amc23": Bench("math-ai/amc23", (None,), "test", "amc23.jsonl",
+                   lambda i, r: math_item(r["id"], r["question"], number(r["answer"]))),
+    "minerva_math": Bench("math-ai/minervamath", (None,), "test", "minerva_math.jsonl",
+                          lambda i, r: math_item(i, r["question"], r["answer"])),
+    "olympiadbench": Bench("math-ai/olympiadbench", (None,), "test", "olympiadbench.jsonl",
+                           lambda i, r: math_item(r["id"], r["question"], ", ".join(r["final_answer"]))),
+    "humaneval": Bench("openai/openai_humaneval", ("openai_humaneval",), "test", "humaneval.jsonl", humaneval_item),
+    "mbpp": Bench("google-research-datasets/mbpp", ("sanitized",), "test", "mbpp_sanitized.jsonl", mbpp_item),
+    "demo": Bench("", (), "", "", lambda i, r: math_item(i, r["problem"], r["answer"])),
+}
+PAPER = [b for b in BENCHMARKS if b != "demo"]
+
+
+def load_rows(name, data_dir):
+    """Rows as dicts, from the Hub or from --data_dir (same schema). The demo task is built in code."""
+    b = BENCHMARKS[name]
+    if name == "demo":
+        return rasft.demo_rows(DEMO_PROBLEMS, DEMO_SEED, heldout=True)
+    from datasets import disable_progress_bars, load_dataset
+    if not sys.stderr.isatty():
+        disable_progress_bars()
+    if data_dir:
+        path = os.path.join(data_dir, b.file)
+        if not os.path.isfile(path):
+            raise rasft.DataError(f"--data_dir: no file {path} (benchmark {name}, rows as in {b.hub})")
+        rasft.check_jsonl(path)
+        return list(load_dataset("json", data_files={"test": path}, split="test"))
+    return [row for config in b.configs for row in load_dataset(b.hub, config, split=b.split)]
+
+
+def load_items(name, data_dir, limit=0):
+    rows = load_rows(name, data_dir)
+    return [BENCHMARKS[name].item(i, row) for i, row in enumerate(rows[:limit or None])]
+
+
+def is_code(item):
+    return "tests" in item["target"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backends: complete(items, n, desc) -> per item, n completions (text).
+
+
+class Oracle:
+    """Every sample is the reference answer: a run must score 100%, or the grading pipeline is wrong."""
+
+    def complete(self, items, n, desc):
+        return [[it["reference"]] * n for it in items]
+
+
+class Sampler:
+    """The rollout engine on the model (rasft.open_engine: vLLM, else HF), prompted as in training."""
+
+    def __init__(self, args, benches):
+        self.args, self.cfg = args, rasft.Config(model=args.model)
+        self.tok = rasft.load_tokenizer(self.cfg)
+        longest = max(len(self.prompt_ids(it)) for items in benches.values() for it in items)
+        self.engine = rasft.open_engine(args.model, self.tok, args.backend, max_len=longest + args.max_tokens,
+                                        seed=args.seed)
+
+    def prompt_ids(self, item):
+        text = rasft.prompt_text(self.tok, item["problem"], is_code(item), self.cfg)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def complete(self, items, n, desc):
+        a, out = self.args, []
+        prompts = [self.prompt_ids(it) for it in items]
+        for i in rasft.progress(range(0, len(prompts), GEN_CHUNK), f"{desc}: generate"):
+            gens = self.engine.generate(prompts[i:i + GEN_CHUNK], n=n, temperature=a.temperature, top_p=a.top_p,
+                                        max_tokens=a.max_tokens, seed=a.seed + i)
+            out += [self.tok.batch_decode(g, skip_special_tokens=True) for g in gens]
+        return out
+
+
+def make_backend(args, benches):
+    return Oracle() if args.backend == "oracle" else Sampler(args, benches)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grading and metrics.
+
+
+def run_code(target, completion):
+    return rasft.run_tests(target["prefix"] + "\n" + rasft.extract_code(completion), target["tests"])
+
+
+def verdicts(items, samples, workers):
+    """((item index, completion), correct) for each distinct sample: math in batches through verify_many
+    (hard timeouts), code in parallel sandboxes."""
+    maths = [(k, c) for k, c in samples if not is_code(items[k])]
+    for i in range(0, len(maths), GRADE_CHUNK):
+        part = maths[i:i + GRADE_CHUNK]
+        yield from zip(part, rasft.verify_many([(c, items[k]["target"]["answer"]) for k, c in part], workers=workers))
+    code = [(k, c) for k, c in samples if is_code(items[k])]
+    with ThreadPoolExecutor(workers) as pool:
+        yield from zip(code, pool.map(lambda s: run_code(items[s[0]]["target"], s[1]), code))
+
+
+def grade(items, completions, desc, workers=None):
+    """Per item, a correct flag per completion. Identical completions of a problem are graded once."""
+    samples = list(dict.fromkeys((k, c) for k, cs in enumerate(completions) for c in cs))
+    ok = dict(rasft.progress(verdicts(items, samples, workers or os.cpu_count()), f"{desc}: grade", len(samples)))
+    return [[bool(ok[k, c]) for c in cs] for k, cs in enumerate(completions)]
+
+
+def pass_at_k(n, c, k):
+    """Unbiased estimate of P(at least one of k samples is correct) from n samples with c correct."""
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def metrics(correct, n):
+    mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
+    return {"avg": mean([mean(cs) for cs in correct]),
+            **{f"pass@{k}": mean([pass_at_k(n, sum(cs), k) for cs in correct]) for k in sorted({1, n})}}
+
+
+def extracted(item, completion):
+    return rasft.extract_code(completion) if is_code(item) else rasft.extract_answer(completion)
+
+
+def write_samples(path, items, completions, correct):
+    with open(path, "w") as f:
+        for it, cs, oks in zip(items, completions, correct):
+            for j, (c, ok) in enumerate(zip(cs, oks)):
+                f.write(json.dumps({"id": it["id"], "sample": j, "completion": c, "answer": extracted(it, c),
+                                    "correct": ok}) + "\n")
+
+
+def table(results, n):
+    ks = sorted({1, n})
+    lines = [f"| benchmark | problems | samples | avg@{n} | " + " | ".join(f"pass@{k}" for k in ks) + " | time |",
+             "|---|--:|--:|--:|" + "--:|" * len(ks) + "--:|"]
+    for name, r in results.items():
+        scores = " | ".join(f"{100 * r[f'pass@{k}']:.1f}" for k in ks)
+        lines.append(f"| {name} | {r['problems']} | {r['samples']} | {100 * r['avg']:.1f} | {scores} | "
+                     f"{r['time_s']:.0f} s |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="", help="the model: rasft.py's output folder, a local path or a Hub id")
+    p.add_argument("--benchmarks", default=",".join(PAPER), help=f"comma separated, from: {', '.join(BENCHMARKS)}")
+    p.add_argument("--n", type=int, default=16, help="samples per problem")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--max_tokens", type=int, default=4096, help="new tokens per sample")
+    p.add_argument("--limit", type=int, default=0, help="only the first k problems of each benchmark (0 = all)")
+    p.add_argument("--backend", default="auto", choices=["auto", "vllm", "hf", "oracle"],
+                   help="auto: vLLM if installed, else HF generate; oracle: answer with the gold (checks grading)")
+    p.add_argument("--data_dir", default="",
+                   help="read local copies in the Hub schema: <dir>/math500.jsonl, ..., <dir>/mbpp_sanitized.jsonl")
+    p.add_argument("--out", default="", help="output folder (default: <model>/eval, or eval/)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
+    if unknown:
+        p.error(f"--benchmarks: unknown {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    if not args.model and args.backend != "oracle":
+        p.error("--model is required (the trained model's folder or a Hub id), unless --backend oracle")
+    if args.n < 1:
+        p.error("--n must be at least 1")
+    args.out = args.out or (os.path.join(args.model, "eval") if os.path.isdir(args.model) else "eval")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        benches = {name: load_items(name, args.data_dir, args.limit) for name in args.benchmarks}
+    except rasft.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    backend = make_backend(args, benches)
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    for name, items in benches.items():
+        t0 = time.time()
+        completions = backend.complete(items, args.n, name)
+        correct = grade(items, completions, name)
+        results[name] = {"problems": len(items), "samples": len(items) * args.n, **metrics(correct, args.n),
+                         "time_s": time.time() - t0}
+        write_samples(os.path.join(args.out, f"{name}.jsonl"), items, completions, correct)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=1)
+        print(f"{name}: avg@{args.n} {100 * results[name]['avg']:.1f}% ({time.time() - t0:.0f} s)", flush=True)
+    print(table(results, args.n))
+    print(f"results and samples: {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""eval.py: benchmark loaders on fixture rows (Hub schema), grading (oracle 100%, wrong 0%), pass@k, and the
+tiny demo model end to end through the HF and vLLM engines."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import eval as ev
+import rasft
+
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "bench")
+ALL = ev.PAPER + ["demo"]
+WRONG = "I am not sure. \\boxed{\\text{no idea}}\n```python\nraise SystemExit(0)\n```"
+
+
+def run(tmp_path, *args):
+    return ev.main(["--out", str(tmp_path / "out"), *args])
+
+
+# first fixture row of each benchmark: (id, start of the user message, target)
+FIRST = {
+    "math500": ("test/algebra/1098.json", "Evaluate $(1+2i)6-3i$.", "6+9i"),
+    "aime24": (67, "There exist real numbers $x$ and $y$", "25"),            # gold "025": zero padding dropped
+    "aime25": (0, "Find the sum of all integer bases $b>9$", "70"),
+    "amc23": (1, "Positive real numbers $x$ and $y$", "36"),                  # gold 36.0, a float
+    "minerva_math": (0, "Find the polynomial solution", "-t^2 - t - 3"),
+    "olympiadbench": (2238, "Determine all integer values of $x$", "-1,0,1"),  # final_answer is a list
+}
+
+
+@pytest.mark.parametrize("name", list(FIRST))
+def test_math_loaders_map_schema_to_prompt_and_gold(name):
+    items = ev.load_items(name, BENCH)
+    pid, start, gold = FIRST[name]
+    assert (items[0]["id"], items[0]["target"]) == (pid, {"answer": gold})
+    assert items[0]["problem"].startswith(start)
+    assert all(it["problem"] and it["target"]["answer"] for it in items)
+
+
+def test_aime25_reads_both_configs_and_keeps_the_hub_gold():
+    items = ev.load_items("aime25", BENCH)
+    assert [it["target"]["answer"] for it in items] == ["70", "49", "336^\\circ"]  # AIME2025-I, then II
+
+
+def test_code_loaders_and_prompts(tok):
+    cfg = rasft.Config()
+    he, mbpp = ev.load_items("humaneval", BENCH), ev.load_items("mbpp", BENCH)
+    assert he[0]["id"] == "HumanEval/23" and "def strlen(string: str) -> int:" in he[0]["problem"]
+    assert he[0]["target"]["tests"].endswith("check(strlen)\n")
+    assert mbpp[0]["id"] == 82 and mbpp[0]["problem"].endswith("pass this test:\nassert math.isclose(volume_sphere(10)"
+                                                               ", 4188.790204786391, rel_tol=0.001)")
+    assert mbpp[0]["target"]["tests"].startswith("import math\nassert ")  # test_imports, then test_list
+    text = rasft.prompt_text(tok, he[0]["problem"], ev.is_code(he[0]), cfg)
+    assert cfg.code_prompt in text and cfg.system_prompt not in text
+    math_text = rasft.prompt_text(tok, ev.load_items("math500", BENCH)[0]["problem"], False, cfg)
+    assert cfg.system_prompt in math_text
+
+
+def test_demo_is_the_heldout_split():
+    items = ev.load_items("demo", "", limit=5)
+    rows = rasft.demo_rows(5, ev.DEMO_SEED, heldout=True)
+    assert [(it["problem"], it["target"]["answer"]) for it in items] == [(r["problem"], r["answer"]) for r in rows]
+
+
+def test_oracle_scores_100_on_every_benchmark(tmp_path):
+    res = run(tmp_path, "--backend", "oracle", "--data_dir", BENCH, "--benchmarks", ",".join(ALL), "--n", "2",
+              "--limit", "3")
+    assert {b: r["avg"] for b, r in res.items()} == {b: 1.0 for b in ALL}
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert saved["humaneval"]["pass@2"] == 1.0 and saved["mbpp"]["problems"] == 3
+
+
+def test_wrong_backend_scores_0(tmp_path, monkeypatch):
+    monkeypatch.setattr(ev.Oracle, "complete", lambda self, items, n, desc: [[WRONG] * n for _ in items])
+    res = run(tmp_path, "--backend", "oracle", "--data_dir", BENCH, "--benchmarks", ",".join(ALL), "--n", "2",
+              "--limit", "3")
+    assert {b: r["pass@2"] for b, r in res.items()} == {b: 0.0 for b in ALL}
+
+
+def test_pass_at_k_hand_computed():
+    assert ev.pass_at_k(5, 2, 1) == pytest.approx(2 / 5)
+    assert ev.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)    # 1 - C(3,2)/C(5,2)
+    assert ev.pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)     # 1 - C(3,2)/C(4,2)
+    assert ev.pass_at_k(16, 1, 16) == 1.0 and ev.pass_at_k(16, 0, 16) == 0.0
+    assert ev.pass_at_k(16, 15, 2) == 1.0                        # fewer than k wrong: always a hit
+    m = ev.metrics([[True, False, False, False], [True, True, True, True]], 4)
+    assert m == pytest.approx({"avg": 5 / 8, "pass@1": 5 / 8, "pass@4": 1.0})
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--backend", "oracle", "--benchmarks", "math500,gsm8k")
+    assert "unknown gsm8k; choose from math500, aime24" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--backend", "oracle", "--data_dir", str(tmp_path), "--benchmarks", "mbpp")
+    assert f"no file {tmp_path / 'mbpp_sanitized.jsonl'}" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tok):
+    path = str(tmp_path_factory.mktemp("tiny"))
+    rasft.save_hf(rasft.tiny_model(tok), tok, path)
+    return path
+
+
+def check_demo_run(tmp_path, res):
+    assert res["demo"]["problems"] == 4 and res["demo"]["samples"] == 8
+    lines = [json.loads(x) for x in (tmp_path / "out" / "demo.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and set(lines[0]) == {"id", "sample", "completion", "answer", "correct"}
+
+
+def test_tiny_model_end_to_end_hf(tmp_path, tiny_dir):
+    res = run(tmp_path, "--model", tiny_dir, "--backend", "hf", "--benchmarks", "demo", "--limit", "4", "--n", "2",
+              "--max_tokens", "16")
+    check_demo_run(tmp_path, res)
+
+
+def test_tiny_model_end_to_end_vllm(tmp_path, tiny_dir):
+    """In its own process: a process holds one vLLM engine (test_vllm.py has this process's)."""
+    pytest.importorskip("vllm")
+    args = ["--out", str(tmp_path / "out"), "--model", tiny_dir, "--backend", "vllm", "--benchmarks", "demo",
+            "--limit", "4", "--n", "2", "--max_tokens", "16"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    run_ = subprocess.run([sys.executable, ev.__file__, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert run_.returncode == 0, run_.stderr[-3000:]
+    check_demo_run(tmp_path, json.loads((tmp_path / "out" / "results.json").read_text())["results"])
