@@ -1468,9 +1468,17 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
     return state["last"]
 
 
+def refresh_due(state, cfg, dry):
+    """Every refresh_every steps (if anything waits for rollouts or probes), whenever the queue runs dry
+    with items pending, and with --final_refresh once more at the end (a last probe of the hard pool)."""
+    if state["step"] and state["step"] % cfg.refresh_every == 0 and (state["pending"] or state["hard"]):
+        return True
+    return dry and bool(state["pending"] or (cfg.final_refresh and state["hard"] and not state.get("final_done")))
+
+
 def train(cfg):
     """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (demo)."""
-    _, world, device = setup_dist()
+    _, _, device = setup_dist()
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
     tok = load_tokenizer(cfg)
@@ -1509,9 +1517,7 @@ def train(cfg):
         # 2. refresh: every refresh_every steps, and whenever the queue runs dry with items pending
         step, queue = state["step"], state["queue"]
         dry = len(queue) < cfg.batch_size and state["cursor"] == len(state["order"])
-        if adaptive and ((step and step % cfg.refresh_every == 0 and (state["pending"] or state["hard"]))
-                         or (dry and state["pending"])
-                         or (dry and cfg.final_refresh and state["hard"] and not state.get("final_done"))):
+        if adaptive and refresh_due(state, cfg, dry):
             state["final_done"] = dry
             r = refresh(state, scorer, engine, items, tok, cfg, device)
             print0(f"refresh @ step {step} | pending {r['pending']} | rolled out {r['rolled_out']} | probed {r['probed']} | "
@@ -1546,6 +1552,10 @@ def train(cfg):
         if cfg.save_every and state["step"] % cfg.save_every == 0:
             save_checkpoint(scorer, opt, state, cfg)
     print0(f"trained {state['step']} steps in {time.time() - t_start:.0f} s")
+    if log:
+        log.close()
+    if run:
+        run.finish()
     save_hf(scorer.policy, tok, cfg.out)
     if rank0() and state["records"]:
         with open(os.path.join(cfg.out, "solvability.jsonl"), "w") as f:
