@@ -912,6 +912,7 @@ def pick_backend(name):
     if name == "hf":
         return "hf"
     cuda = torch.cuda.is_available()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its start-up chatter would bury our log lines (set it to see)
     try:
         from vllm.platforms import current_platform as p
         ok, why = p.is_cuda() if cuda else p.is_cpu(), f"its platform is {p.device_type!r}"
