@@ -12,6 +12,7 @@ pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import rasft  # noqa: E402
+from conftest import finished  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,9 +121,9 @@ RUN = ["rasft.py", "--rollout_backend", "vllm", "--demo_warmup", "0", "--max_ite
 def run(cmd, tmp_path):
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
     p = subprocess.run(cmd + ["--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    stderr = finished(p)
     assert p.stdout.count("refresh @ step") >= 2 and "held-out accuracy" in p.stdout, p.stdout[-3000:]
-    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
     return p.stdout
 
 
