@@ -205,20 +205,20 @@ def _str2bool(s):
 
 
 def setup_dist():
-    """(rank, world, device). torchrun sets the env; a plain `python rasft.py` is one rank."""
+    """This rank's device. torchrun sets the env; a plain `python rasft.py` is one rank."""
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = torch.cuda.is_available()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     local = int(os.environ.get("LOCAL_RANK", 0))
     if cuda:
         torch.cuda.set_device(local)
-    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+    return torch.device(f"cuda:{local}" if cuda else "cpu")
 
 
 def rank0():
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return rank() == 0
 
 
 def print0(*args, **kw):
@@ -836,12 +836,6 @@ class HFEngine:
 
     def __init__(self, model, tok, stop_ids):
         self.model, self.tok, self.stop_ids = model.eval(), tok, list(stop_ids)
-
-    @classmethod
-    def from_pretrained(cls, path, tok, stop_ids, device, dtype=None):
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").to(device)
-        return cls(model, tok, stop_ids)
 
     @torch.no_grad()
     def load_weights(self, named_tensors):
@@ -1479,7 +1473,7 @@ def refresh_due(state, cfg, dry):
 
 def train(cfg):
     """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (demo)."""
-    _, _, device = setup_dist()
+    device = setup_dist()
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
     tok = load_tokenizer(cfg)
@@ -1503,7 +1497,7 @@ def train(cfg):
     if state is None:
         state = new_state(items, cfg)
         if cfg.loss == "rasft":  # at step 0 the policy is the reference: one pass gives both terms
-            state["ref_logp"] = measure(scorer, [expert(i, 1.0, {"ref_logp": []}) for i in range(len(items))],
+            state["ref_logp"] = measure(scorer, [expert(i, 1.0, state) for i in range(len(items))],
                                         items, "policy", cfg, device)
             if adaptive:
                 state["thresholds"] = calibrate([-x for x in state["ref_logp"]], cfg)
@@ -1605,8 +1599,9 @@ def open_engine(path, tok, backend="auto", device=None, max_len=4096, gpu_memory
         from transformers import AutoConfig
         max_len = min(max_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", max_len))
         return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok), max_len, gpu_memory, seed)
-    return HFEngine.from_pretrained(path, tok, stop_token_ids(tok), device,
-                                    torch.bfloat16 if device.type == "cuda" else torch.float32)
+    from transformers import AutoModelForCausalLM
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return HFEngine(AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device), tok, stop_token_ids(tok))
 
 
 def evaluate(engine, rows, tok, cfg):
