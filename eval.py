@@ -106,7 +106,7 @@ def load_rows(name, data_dir):
     if data_dir:
         path = os.path.join(data_dir, b.file)
         if not os.path.isfile(path):
-            raise rasft.DataError(f"--data_dir: no file {path} (benchmark {name}, rows as in {b.hub})")
+            raise rasft.UsageError(f"--data_dir: no file {path} (benchmark {name}, rows as in {b.hub})")
         rasft.check_jsonl(path)
         return list(load_dataset("json", data_files={"test": path}, split="test"))
     return [row for config in b.configs for row in load_dataset(b.hub, config, split=b.split)]
@@ -258,7 +258,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         benches = {name: load_items(name, args.data_dir, args.limit) for name in args.benchmarks}
-    except rasft.DataError as e:
+    except rasft.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     backend = make_backend(args, benches)

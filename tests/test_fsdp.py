@@ -22,7 +22,7 @@ def test_two_ranks_match_one_process(tmp_path):
     rasft.train(small_cfg(one, *ARGS))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.join(os.path.dirname(rasft.__file__), "rasft.py"), "--out", str(two), "--demo_warmup", "0",
-           "--batch_size", "8", "--micro_batch", "4", "--route_chunk", "16", "--eval_items", "8", *ARGS]
+           "--batch_size", "8", "--micro_tokens", "256", "--route_chunk", "16", "--eval_items", "8", *ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     finished(run)

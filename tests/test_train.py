@@ -50,18 +50,50 @@ def step_delta(cfg, tok, batch, items):
     return [p.detach() - b for p, b in zip(model.parameters(), before)]
 
 
+def unsorted_delta(cfg, tok, batch, items):
+    """The same step written directly: the batch in its own order, one forward, no micro-batching."""
+    torch.manual_seed(0)
+    model = rasft.tiny_model(tok)
+    scorer = rasft.Scorer(model, rasft.frozen_copy(model, torch.float32))
+    b = rasft.collate(batch, items, torch.device("cpu"))
+    logp, b["kl"] = scorer(b["input_ids"], b["resp_mask"], kl_dir=cfg.kl_dir if cfg.loss in rasft.KL_LOSSES else None)
+    loss = rasft.LOSSES[cfg.loss](logp, b, cfg)[0].sum() / sum(len(rasft.response_of(s, items)) for s in batch)
+    return [-g for g in torch.autograd.grad(loss, list(model.parameters()))]
+
+
 @pytest.mark.parametrize("loss", ["rasft", "asft"])
-def test_micro_batch_size_does_not_change_the_gradient(tmp_path, tok, loss):
+def test_length_sorted_token_budget_micro_batches_do_not_change_the_gradient(tmp_path, tok, loss):
     cfg = small_cfg(tmp_path, "--loss", loss, "--grad_clip", "1e9")
     items, _ = rasft.build_items(rasft.load_rows(cfg), cfg, tok)
     # sequences of different lengths and advantages, so a per-micro-batch mean would differ
     batch = [{"item": i, "response": None if i % 3 else items[i]["response"][:5 + i], "adv": 0.5 + 0.1 * i,
               "ref_logp": -4.0 - 0.05 * i} for i in range(7)]
-    one = step_delta(dataclasses.replace(cfg, micro_batch=1), tok, batch, items)
-    seven = step_delta(dataclasses.replace(cfg, micro_batch=7), tok, batch, items)
-    three = step_delta(dataclasses.replace(cfg, micro_batch=3), tok, batch, items)
-    assert all(torch.allclose(a, b, atol=1e-7) and torch.allclose(a, c, atol=1e-7) for a, b, c in zip(one, seven, three))
-    assert any(a.abs().max() > 0 for a in one)
+    budgets = {1: 7, 500: 3, 10_000: 1}  # micro_tokens -> micro-batches it makes of this batch
+    assert {t: len(rasft.micro_batches(batch, items, dataclasses.replace(cfg, micro_tokens=t))) for t in budgets} == budgets
+    expected = unsorted_delta(cfg, tok, batch, items)
+    for t in budgets:
+        got = step_delta(dataclasses.replace(cfg, micro_tokens=t), tok, batch, items)
+        assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(got, expected)), t
+    assert any(a.abs().max() > 0 for a in expected)
+
+
+def test_micro_batches_balance_tokens_and_match_in_number_across_ranks(tok, monkeypatch):
+    items = [{"prompt": [1] * 10, "response": [2] * n} for n in (5, 300, 40, 41, 100, 7, 250, 60)]
+    samples = [{"item": i, "response": None} for i in range(len(items))]
+    cfg = rasft.Config(micro_tokens=384)
+    plans = []
+    for r in range(3):
+        monkeypatch.setattr(rasft, "world_size", lambda: 3)
+        monkeypatch.setattr(rasft, "rank", lambda r=r: r)
+        plans.append(rasft.micro_batches(samples, items, cfg))
+    assert len({len(p) for p in plans}) == 1  # every rank runs as many forwards
+    assert sorted(i for p in plans for mb in p for i in mb) == list(range(len(items)))  # each sample once
+    loads = [sum(rasft.seq_len(samples[i], items) for mb in p for i in mb) for p in plans]
+    assert max(loads) - min(loads) <= 70  # dealt longest first to the lightest rank
+    for p in plans:
+        for mb in p:
+            widths = [rasft.padded_width(rasft.seq_len(samples[i], items)) for i in mb]
+            assert widths == sorted(widths, reverse=True) and (len(mb) <= 1 or len(mb) * widths[0] <= 384)
 
 
 def test_save_then_from_pretrained(tmp_path, tok, tiny):
@@ -72,6 +104,19 @@ def test_save_then_from_pretrained(tmp_path, tok, tiny):
     text = "Compute 12+34-5.\n 12+34=46. \\boxed{41}<|im_end|>"
     assert tok2(text)["input_ids"] == tok(text)["input_ids"] and tok2.decode(tok(text)["input_ids"]) == text
     assert rasft.stop_token_ids(tok2) == rasft.stop_token_ids(tok)
+
+
+def test_saved_config_dtype_is_the_dtype_of_the_saved_weights(tmp_path, tok, tiny):
+    """fp32 masters saved as the bf16 they came in: config.json must say bf16, or a reload doubles the memory."""
+    from safetensors import safe_open
+    tiny.save_dtype = torch.bfloat16
+    rasft.save_hf(tiny, tok, str(tmp_path))
+    assert json.load(open(tmp_path / "config.json"))["dtype"] == "bfloat16"
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype="auto")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in tiny.parameters())  # the masters themselves are untouched
 
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):

@@ -114,7 +114,7 @@ def test_bench_rollout_runs(engine, capsys):
 # --- end to end: the training loop with its vLLM engine ---
 
 RUN = ["rasft.py", "--rollout_backend", "vllm", "--demo_warmup", "0", "--max_items", "48", "--batch_size", "8",
-       "--micro_batch", "4", "--route_chunk", "16", "--eval_items", "8", "--refresh_every", "2", "--max_steps", "5",
+       "--micro_tokens", "256", "--route_chunk", "16", "--eval_items", "8", "--refresh_every", "2", "--max_steps", "5",
        "--max_new_tokens", "32"]
 
 
