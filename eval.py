@@ -6,7 +6,9 @@ Evaluate a model on the paper's six math and two code benchmarks (and the CPU de
     python eval.py --backend oracle --data_dir benchmarks/   # grade the gold answers: checks the pipeline (100%)
 
 Prompts are the ones used in training (rasft.prompt_text: the chat template with the math system prompt;
-code problems get the code instruction instead). Samples come from the rollout engine (vLLM, else HF
+code problems get the code instruction instead), or with --prompt alpaca the authors' evaluation prompt (the
+"alpaca" template of their Qwen2.5-Math evaluation harness: no chat template, no system prompt), so that
+numbers can be set beside the paper's table. Samples come from the rollout engine (vLLM, else HF
 generate) and are graded by rasft's verifier: math answers with verify_math, code by running the
 benchmark's own tests in the sandbox. Per benchmark: avg@n, the mean accuracy over all samples, and
 pass@k for k in {1, n} with the unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021).
@@ -27,6 +29,8 @@ import rasft
 GEN_CHUNK = 128     # prompts per generate() call: one progress step, and still a full batch for vLLM
 GRADE_CHUNK = 512   # math samples per verify_many() call
 DEMO_PROBLEMS, DEMO_SEED = 200, 12345  # the held-out set the CPU demo reports (rasft.demo_heldout)
+ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
+          "\n\n### Instruction:\n{input}\n\n### Response:\n")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,7 +147,8 @@ class Sampler:
                                         seed=args.seed)
 
     def prompt_ids(self, item):
-        text = rasft.prompt_text(self.tok, item["problem"], is_code(item), self.cfg)
+        text = (ALPACA.format(input=item["problem"]) if self.args.prompt == "alpaca"
+                else rasft.prompt_text(self.tok, item["problem"], is_code(item), self.cfg))
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def complete(self, items, n, desc):
@@ -239,8 +244,10 @@ def parse_args(argv=None):
                    help="auto: vLLM if installed, else HF generate; oracle: answer with the gold (checks grading)")
     p.add_argument("--data_dir", default="",
                    help="read local copies in the Hub schema: <dir>/math500.jsonl, ..., <dir>/mbpp_sanitized.jsonl")
-    p.add_argument("--out", default="", help="output folder (default: <model>/eval, or eval/)")
+    p.add_argument("--out", default="", help="output folder (default: <model>/eval, or out/eval)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", default="chat", choices=["chat", "alpaca"],
+                   help="chat: the training prompt (chat template + system prompt); alpaca: the authors' evaluation prompt")
     args = p.parse_args(argv)
     args.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
@@ -250,7 +257,7 @@ def parse_args(argv=None):
         p.error("--model is required (the trained model's folder or a Hub id), unless --backend oracle")
     if args.n < 1:
         p.error("--n must be at least 1")
-    args.out = args.out or (os.path.join(args.model, "eval") if os.path.isdir(args.model) else "eval")
+    args.out = args.out or os.path.join(args.model if os.path.isdir(args.model) else "out", "eval")
     return args
 
 

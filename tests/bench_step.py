@@ -1,19 +1,30 @@
-"""Training-step speed and memory: an authors'-style step against rasft.py's own step, in one run.
+"""Training-step speed and memory: the authors'-style step against rasft.py's own, in one run.
 
-    python tests/bench_step.py --shape 1.5B --micro_batch 8 --seq 2048        # one GPU
-    python tests/bench_step.py --shape tiny                                   # CPU, what CI runs
+    python tests/bench_step.py --shape 1.5B --lengths uniform --seq 2048 --micro_batch 8   # one GPU
+    python tests/bench_step.py --shape 1.5B --lengths real                                 # one GPU
+    python tests/bench_step.py --shape tiny --lengths real                                 # CPU (what CI runs)
 
-(a) authors'-style: full-vocabulary logits of the policy and a reference forward every step, the RASFT
-    token weights on top; (b) rasft.train_step for --loss rasft and --loss sft (precomputed reference
-    term, chunked log-probs). Random weights of a named Qwen2.5 shape; every sequence has `seq` tokens,
-    the first eighth prompt. tokens/s counts all tokens of the step; MFU = model FLOPs of the policy's
-    forward + backward (6 N per token, lm_head included, plus causal attention) over a measured matmul
-    ceiling in the same dtype.
+(a) authors'-style, as they ran it: bf16 weights and AdamW states; micro-batches of `micro_batch` sequences
+    in the batch's own (random) order, each padded to its longest, with an attention mask; full-vocabulary
+    logits of the policy and a reference forward; the RASFT token weights, mean over each micro-batch.
+(b) rasft.train_step with rasft.py's defaults: fp32 master weights under FSDP2 with bf16 compute (one rank
+    here, the code path of eight), sequences sorted by length into micro-batches of at most micro_tokens
+    padded tokens, log-probs in chunks, the reference term precomputed, each decoder layer compiled on GPUs;
+    with and without activation checkpointing.
+Each row builds its own model and frees it, so peak memory is that row's alone. Lengths: `uniform`, every
+sequence `seq` tokens (the first eighth prompt), or `real`: log-normal with median 306 and mean 455 tokens,
+the prompt + solution lengths of MATH-500 and OlympiadBench measured for DESIGN.md, clipped to [32, seq],
+30% prompt. Reported: real (non-padding) tokens/s, padding efficiency (real / computed tokens), peak memory,
+and MFU: model FLOPs of the real tokens (6 N per token, lm_head included, plus causal attention) over a
+measured matmul ceiling in the same dtype.
 """
 import argparse
 import contextlib
 import dataclasses
+import gc
+import math
 import os
+import random
 import sys
 import time
 
@@ -28,6 +39,7 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab, tied embeddi
     "1.5B": (1536, 8960, 28, 12, 2, 151936, True),
     "7B": (3584, 18944, 28, 28, 4, 152064, False),
 }
+REAL_MEDIAN, REAL_MEAN = 306, 455
 
 
 def build(shape, device, dtype):
@@ -36,14 +48,29 @@ def build(shape, device, dtype):
     config = Qwen2Config(hidden_size=h, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
                          num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tied,
                          max_position_embeddings=32768, attn_implementation="sdpa")
+    torch.manual_seed(0)
     with torch.device(device):
         return Qwen2ForCausalLM(config).to(dtype)
 
 
-def flops_per_token(model, seq):
+def batch_of(kind, n, seq, vocab, seed=0):
+    """n training samples (rasft's queue entries) and their items, in random order."""
+    rng = random.Random(seed)
+    sigma = math.sqrt(2 * math.log(REAL_MEAN / REAL_MEDIAN))
+    lens = [seq if kind == "uniform" else min(seq, max(32, round(rng.lognormvariate(math.log(REAL_MEDIAN), sigma))))
+            for _ in range(n)]
+    items = []
+    for t in lens:
+        p = t // 8 if kind == "uniform" else round(0.3 * t)
+        items.append({"prompt": [rng.randrange(vocab) for _ in range(p)],
+                      "response": [rng.randrange(vocab) for _ in range(t - p)], "target": None})
+    return [{"item": i, "response": None, "adv": 1.0, "ref_logp": -5.0} for i in range(n)], items
+
+
+def model_flops(model, lens):
     c = model.config
     n = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel() * (not c.tie_word_embeddings)
-    return 6 * n + 6 * c.num_hidden_layers * c.hidden_size * seq  # causal attention: half of 12 L d T
+    return sum(t * (6 * n + 6 * c.num_hidden_layers * c.hidden_size * t) for t in lens)  # causal: half of 12 L d T
 
 
 def matmul_ceiling(device, dtype, n):
@@ -63,83 +90,123 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def authors_step(policy, ref, batch, opt, device):
-    """Full logits for policy and reference, RASFT token weights, mean over the micro-batch's tokens."""
-    ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["resp_mask"].float()
-    with rasft.autocast(device):
-        logits = policy(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()          # (B, T, V)
-        with torch.no_grad():
-            ref_logits = ref(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()      # (B, T, V)
-    logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    ref_logp = ref_logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    n = mask.sum(1)
-    ratio = torch.exp((ref_logp * mask).sum(1) / n - (logp.detach() * mask).sum(1) / n).clamp(0.4, 1.2)
-    w = (ratio[:, None] * logp.detach().exp() * mask)
-    loss = -(w * logp).sum() / mask.sum()
-    loss.backward()
+def authors_micro_batches(batch, items, micro_batch):
+    return [batch[i:i + micro_batch] for i in range(0, len(batch), micro_batch)]
+
+
+def authors_step(policy, ref, batch, items, micro_batch, opt, device):
+    """Per micro-batch: full logits of policy and reference, RASFT token weights, mean over its tokens."""
+    for mb in authors_micro_batches(batch, items, micro_batch):
+        lens = [rasft.seq_len(s, items) for s in mb]
+        b = rasft.collate(mb, items, device)
+        ids, mask = b["input_ids"][:, :max(lens)], b["resp_mask"][:, :max(lens) - 1].float()
+        attn = (torch.arange(ids.shape[1], device=device) < torch.tensor(lens, device=device)[:, None]).long()
+        with rasft.autocast(device):
+            logits = policy(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()      # (B, T, V)
+            with torch.no_grad():
+                ref_logits = ref(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()  # (B, T, V)
+        logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        ref_logp = ref_logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        n = mask.sum(1)
+        ratio = torch.exp((ref_logp * mask).sum(1) / n - (logp.detach() * mask).sum(1) / n).clamp(0.4, 1.2)
+        w = ratio[:, None] * logp.detach().exp() * mask
+        (-(w * logp).sum() / mask.sum()).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def measure(name, step, device, tokens, flops, ceiling, steps):
+def efficiency(plan, batch, items, width):
+    """Real tokens over computed tokens for micro-batches given as lists of samples."""
+    real = sum(rasft.seq_len(s, items) for s in batch)
+    return real / sum(len(mb) * width(mb) for mb in plan if mb)
+
+
+def timed(run, device, warmup, steps):
+    """Seconds per step after `warmup` steps (compilation, and the recompile a new shape causes), and peak GiB."""
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    step()  # warm-up (and compilation)
+    for _ in range(warmup):
+        run()
     sync(device)
     t = time.perf_counter()
     for _ in range(steps):
-        step()
+        run()
     sync(device)
-    dt = (time.perf_counter() - t) / steps
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
-    return {"step": name, "tok_s": tokens / dt, "peak_gib": peak, "mfu": flops * tokens / dt / ceiling}
+    return (time.perf_counter() - t) / steps, peak
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="tiny", choices=list(SHAPES))
-    p.add_argument("--micro_batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--lengths", default="uniform", choices=["uniform", "real"])
+    p.add_argument("--seq", type=int, default=2048, help="uniform: every sequence's length; real: the longest")
+    p.add_argument("--batch", type=int, default=0, help="sequences per optimizer step (default: micro_batch "
+                                                        "for uniform lengths, 64 for real ones)")
+    p.add_argument("--micro_batch", type=int, default=0, help="authors'-style sequences per micro-batch "
+                                                              "(default: 8 uniform, 2 real: their setting)")
+    p.add_argument("--micro_tokens", type=int, default=0, help="rasft.py's token budget (default: its own, or "
+                                                               "micro_batch x seq for uniform lengths)")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--act_ckpt", default="both", choices=["both", "true", "false"])
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
     args = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    uniform = args.lengths == "uniform"
+    mb = args.micro_batch or (8 if uniform else 2)
+    n = args.batch or (mb if uniform else 64)
+    device = rasft.setup_dist()  # on a GPU: a one-rank nccl group, so rasft.py's step runs under FSDP2
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    policy = build(args.shape, device, torch.float32)
-    ref = rasft.frozen_copy(policy, dtype)
-    vocab, b, t = policy.config.vocab_size, args.micro_batch, args.seq
-    items = [{"prompt": torch.randint(0, vocab, (t // 8,)).tolist(), "response": torch.randint(0, vocab, (t - t // 8,)).tolist(),
-              "target": None} for _ in range(b)]
-    batch = [{"item": i, "response": None, "adv": 1.0, "ref_logp": -5.0} for i in range(b)]
-    tokens, flops = b * t, flops_per_token(policy, t)
+    vocab = SHAPES[args.shape][5]
+    batch, items = batch_of(args.lengths, n, args.seq, vocab)
+    lens = [rasft.seq_len(s, items) for s in batch]
+    micro_tokens = args.micro_tokens or (mb * args.seq if uniform else rasft.Config.micro_tokens)
+    cfg = dataclasses.replace(rasft.Config(), loss="rasft", batch_size=n, compile=args.compile, micro_tokens=micro_tokens)
     ceiling = matmul_ceiling(device, dtype, 8192 if device.type == "cuda" else 512)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
-    ckpts = {"both": [False, True], "true": [True], "false": [False]}[args.act_ckpt]
+    flops = model_flops(build(args.shape, "meta", dtype), lens)
+    eff_authors = efficiency(authors_micro_batches(batch, items, mb), batch, items,
+                             lambda m: max(rasft.seq_len(s, items) for s in m))
+    eff_ours = efficiency([[batch[i] for i in m] for m in rasft.micro_batches(batch, items, cfg)], batch, items,
+                          lambda m: rasft.padded_width(max(rasft.seq_len(s, items) for s in m)))
     rows = []
-    for ckpt in ckpts:
+
+    def row(name, eff, run):
+        with contextlib.suppress(torch.OutOfMemoryError):
+            dt, peak = timed(run, device, args.warmup, args.steps)
+            rows.append({"step": name, "real_tok_s": sum(lens) / dt, "padding_eff": eff, "peak_gib": peak,
+                         "mfu": flops / dt / ceiling})
+        free(device)
+
+    policy = build(args.shape, device, dtype)
+    ref = rasft.frozen_copy(policy, dtype)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)  # states in the weights' dtype: bf16 on a GPU
+    row(f"authors'-style, micro-batch {mb}", eff_authors,
+        lambda: authors_step(policy, ref, batch, items, mb, opt, device))
+    del policy, ref, opt
+    for ckpt in (False, True):
+        free(device)
+        policy = build(args.shape, device, torch.float32)
         if ckpt:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.train()
-        tag = f"act ckpt {'yes' if ckpt else 'no'}"
-        full = rasft.collate(batch, items, device)
-        with contextlib.suppress(torch.OutOfMemoryError):
-            rows.append(measure(f"authors'-style, {tag}", lambda: authors_step(policy, ref, full, opt, device),
-                                device, tokens, flops, ceiling, args.steps))
-        scorer = rasft.Scorer(policy, ref)
-        for loss in ("rasft", "sft"):
-            cfg = dataclasses.replace(rasft.Config(), loss=loss, micro_batch=b, batch_size=b, act_ckpt=ckpt)
-            with contextlib.suppress(torch.OutOfMemoryError):
-                rows.append(measure(f"rasft.py --loss {loss}, {tag}",
-                                    lambda: rasft.train_step(scorer, opt, batch, items, cfg, device),
-                                    device, tokens, flops, ceiling, args.steps))
-        policy.gradient_checkpointing_disable()
-    base = max((r["tok_s"] for r in rows if r["step"].startswith("authors")), default=float("nan"))
-    print(f"shape {args.shape} | micro-batch {b} x {t} | {device.type} {dtype} | matmul ceiling {ceiling / 1e12:.2f} TFLOP/s")
-    print("| step | tokens/s | peak GiB | MFU | vs best authors'-style |\n|---|---|---|---|---|")
+        compiled = args.compile == "true" or args.compile == "auto" and device.type == "cuda"
+        scorer = rasft.shard(rasft.Scorer(policy, rasft.frozen_copy(policy, dtype)), device, compiled)
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+        tag = f"rasft.py, {cfg.micro_tokens} tokens{', compiled' if compiled else ''}, act ckpt {'yes' if ckpt else 'no'}"
+        row(tag, eff_ours, lambda: rasft.train_step(scorer, opt, batch, items, cfg, device))
+        del policy, scorer, opt
+    base = rows[0]["real_tok_s"] if rows and rows[0]["step"].startswith("authors") else float("nan")
+    print(f"shape {args.shape} | {args.lengths} lengths: {n} sequences, mean {sum(lens) / n:.0f}, max {max(lens)} tokens | "
+          f"{device.type} {dtype} | matmul ceiling {ceiling / 1e12:.2f} TFLOP/s")
+    print("| step | real tokens/s | padding efficiency | peak GiB | MFU | vs authors'-style |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['step']} | {r['tok_s']:,.0f} | {r['peak_gib']:.1f} | {100 * r['mfu']:.1f}% | {r['tok_s'] / base:.2f}x |")
+        print(f"| {r['step']} | {r['real_tok_s']:,.0f} | {r['padding_eff']:.2f} | {r['peak_gib']:.1f} | "
+              f"{100 * r['mfu']:.1f}% | {r['real_tok_s'] / base:.2f}x |")
     return rows
 
 

@@ -1,8 +1,13 @@
 import os
 import sys
 
-import pytest
-import torch
+# The suite is the CPU suite, also on a machine with GPUs (the GPU paths: tests/gpu_check.sh).
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -23,6 +28,10 @@ def tiny(tok):
     return rasft.tiny_model(tok)
 
 
+# Files load through `datasets` (requirements-cpu.txt); a GPU machine may lack it: those tests skip there.
+needs_datasets = pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="`datasets` is not installed")
+
+
 def small_cfg(tmp_path, *args):
     """Demo defaults, shrunk so a run takes seconds."""
     # HF rollouts in-process: the vLLM engine is one per process (tests/test_vllm.py runs it in subprocesses)
@@ -31,15 +40,7 @@ def small_cfg(tmp_path, *args):
                              "--micro_tokens", "256", "--route_chunk", "16", "--eval_items", "8", *args])
 
 
-# A gloo worker thread can free the last collective's Work after Python has begun finalizing; taking the
-# GIL then aborts the process at exit, after everything was written (torch's, not ours: pytorch issue
-# #190489). Seen in about 2 of 100 two-rank CPU runs; the callers still check every output.
-GLOO_EXIT_ABORT = "terminate called without an active exception"
-
-
 def finished(p):
-    """stderr of a subprocess run that completed: exit 0, or only that abort at interpreter exit."""
-    if p.returncode == 0:
-        return p.stderr
-    assert GLOO_EXIT_ABORT in p.stderr and "exitcode  : -6" in p.stderr, p.stdout[-3000:] + p.stderr[-3000:]
-    return p.stderr[:p.stderr.index(GLOO_EXIT_ABORT)]
+    """stderr of a subprocess run that must have exited 0."""
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stderr

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import rasft
-from conftest import small_cfg
+from conftest import needs_datasets, small_cfg
 
 ROWS = [{"instruction": "What is 2+3?", "response": "2+3=5. \\boxed{5}"},
         {"instruction": "What is 2*3?", "response": "We get 6.", "answer": "6"},
@@ -22,12 +22,14 @@ def items_from(tmp_path, rows, *args):
     return rasft.build_items(rasft.load_rows(cfg), cfg, rasft.tiny_tokenizer()), cfg
 
 
+@needs_datasets
 def test_local_jsonl_targets_and_counts(tmp_path):
     (items, count), _ = items_from(tmp_path, ROWS)
     assert [it["target"] for it in items] == [{"answer": "5"}, {"answer": "6"}, None]
     assert (count["math"], count["no_target"], count["rows"]) == (2, 1, 3)
 
 
+@needs_datasets
 def test_prompt_uses_chat_template_and_response_ends_with_end_token(tmp_path):
     (items, _), cfg = items_from(tmp_path, ROWS)
     tok = rasft.tiny_tokenizer()
@@ -37,6 +39,7 @@ def test_prompt_uses_chat_template_and_response_ends_with_end_token(tmp_path):
     assert tok.decode(items[0]["response"]) == "2+3=5. \\boxed{5}<|im_end|>"
 
 
+@needs_datasets
 def test_truncate_and_drop(tmp_path):
     rows = [{"instruction": "short", "response": "x" * 500}, {"instruction": "y" * 300, "response": "z"}] + ROWS
     (items, count), cfg = items_from(tmp_path, rows, "--max_len", "200", "--min_response", "16")
@@ -44,6 +47,7 @@ def test_truncate_and_drop(tmp_path):
     assert all(len(it["prompt"]) + len(it["response"]) <= 200 for it in items)
 
 
+@needs_datasets
 def test_bad_jsonl_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n" + '{"instruction": "oops"\n')
@@ -52,17 +56,20 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
         rasft.load_rows(cfg)
 
 
+@needs_datasets
 def test_missing_field_says_which_flag(tmp_path):
     with pytest.raises(rasft.UsageError, match=r"--prompt_field question: no such field.*instruction"):
         items_from(tmp_path, ROWS, "--prompt_field", "question")
 
 
+@needs_datasets
 def test_main_prints_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rasft.main(["--out", str(tmp_path), "--demo_warmup", "0", "--data", str(tmp_path / "missing.jsonl")])
     assert "no such file" in capsys.readouterr().out
 
 
+@needs_datasets
 def test_code_items_take_tests_and_entry_point(tmp_path):
     rows = [{"question": "Write add.", "r1_solution": "```python\ndef add(a, b):\n    return a + b\n```",
              "test_code": "from solution import add\ndef test_add():\n    assert add(1, 2) == 3\n",
@@ -76,6 +83,7 @@ def test_code_items_take_tests_and_entry_point(tmp_path):
     assert cfg.code_prompt in tok.decode(item["prompt"])
 
 
+@needs_datasets
 def test_parquet_and_json(tmp_path):
     from datasets import Dataset
     Dataset.from_list(ROWS).to_parquet(str(tmp_path / "d.parquet"))

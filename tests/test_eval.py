@@ -9,6 +9,7 @@ import pytest
 
 import eval as ev
 import rasft
+from conftest import needs_datasets
 
 BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "bench")
 ALL = ev.PAPER + ["demo"]
@@ -30,6 +31,7 @@ FIRST = {
 }
 
 
+@needs_datasets
 @pytest.mark.parametrize("name", list(FIRST))
 def test_math_loaders_map_schema_to_prompt_and_gold(name):
     items = ev.load_items(name, BENCH)
@@ -39,11 +41,13 @@ def test_math_loaders_map_schema_to_prompt_and_gold(name):
     assert all(it["problem"] and it["target"]["answer"] for it in items)
 
 
+@needs_datasets
 def test_aime25_reads_both_configs_and_keeps_the_hub_gold():
     items = ev.load_items("aime25", BENCH)
     assert [it["target"]["answer"] for it in items] == ["70", "49", "336^\\circ"]  # AIME2025-I, then II
 
 
+@needs_datasets
 def test_code_loaders_and_prompts(tok):
     cfg = rasft.Config()
     he, mbpp = ev.load_items("humaneval", BENCH), ev.load_items("mbpp", BENCH)
@@ -64,6 +68,7 @@ def test_demo_is_the_heldout_split():
     assert [(it["problem"], it["target"]["answer"]) for it in items] == [(r["problem"], r["answer"]) for r in rows]
 
 
+@needs_datasets
 def test_oracle_scores_100_on_every_benchmark(tmp_path):
     res = run(tmp_path, "--backend", "oracle", "--data_dir", BENCH, "--benchmarks", ",".join(ALL), "--n", "2",
               "--limit", "3")
@@ -72,6 +77,7 @@ def test_oracle_scores_100_on_every_benchmark(tmp_path):
     assert saved["humaneval"]["pass@2"] == 1.0 and saved["mbpp"]["problems"] == 3
 
 
+@needs_datasets
 def test_wrong_backend_scores_0(tmp_path, monkeypatch):
     monkeypatch.setattr(ev.Oracle, "complete", lambda self, items, n, desc: [[WRONG] * n for _ in items])
     res = run(tmp_path, "--backend", "oracle", "--data_dir", BENCH, "--benchmarks", ",".join(ALL), "--n", "2",
@@ -89,6 +95,7 @@ def test_pass_at_k_hand_computed():
     assert m == pytest.approx({"avg": 5 / 8, "pass@1": 5 / 8, "pass@4": 1.0})
 
 
+@needs_datasets
 def test_user_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, "--backend", "oracle", "--benchmarks", "math500,gsm8k")

@@ -119,26 +119,12 @@ def test_saved_config_dtype_is_the_dtype_of_the_saved_weights(tmp_path, tok, tin
     assert all(p.dtype == torch.float32 for p in tiny.parameters())  # the masters themselves are untouched
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
-    args = ["--max_items", "64", "--refresh_every", "2", "--save_every", "3", "--max_steps", "7"]
-    rasft.train(small_cfg(tmp_path / "straight", *args))
-    real_step, calls = rasft.train_step, []
-
-    def dies_at_step_5(*a, **kw):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt("killed")
-        return real_step(*a, **kw)
-
-    monkeypatch.setattr(rasft, "train_step", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        rasft.train(small_cfg(tmp_path / "killed", *args))
-    monkeypatch.setattr(rasft, "train_step", real_step)
-    rasft.train(small_cfg(tmp_path / "killed", *args, "--resume", "true"))
-    a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    steps = [m["step"] for m in metrics(tmp_path / "killed") if "loss" in m]
-    assert steps == [1, 2, 3, 4, 4, 5, 6, 7]  # step 4 ran, died before its checkpoint, and ran again
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+    """On CPU exactly; tests/gpu_check.sh runs the same check on a GPU."""
+    import check_resume
+    r = check_resume.main(["--out", str(tmp_path)])
+    assert r["resumed_vs_straight"] == 0.0
+    assert r["steps_logged"] == [1, 2, 3, 4, 4, 5, 6, 7]  # step 4 ran, died before its checkpoint, and ran again
 
 
 class ScriptedEngine:
