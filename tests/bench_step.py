@@ -136,6 +136,11 @@ def timed(run, device, warmup, steps):
     return (time.perf_counter() - t) / steps, peak
 
 
+def compiled_graphs():
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
 def free(device):
     gc.collect()
     if device.type == "cuda":
@@ -179,7 +184,7 @@ def main(argv=None):
         with contextlib.suppress(torch.OutOfMemoryError):
             dt, peak = timed(run, device, args.warmup, args.steps)
             rows.append({"step": name, "real_tok_s": sum(lens) / dt, "padding_eff": eff, "peak_gib": peak,
-                         "mfu": flops / dt / ceiling})
+                         "mfu": flops / dt / ceiling, "graphs": compiled_graphs()})
         free(device)
 
     policy = build(args.shape, device, dtype)
@@ -207,6 +212,8 @@ def main(argv=None):
     for r in rows:
         print(f"| {r['step']} | {r['real_tok_s']:,.0f} | {r['padding_eff']:.2f} | {r['peak_gib']:.1f} | "
               f"{100 * r['mfu']:.1f}% | {r['real_tok_s'] / base:.2f}x |")
+    print(f"graphs compiled in this process: {rows[-1]['graphs'] if rows else 0} (a recompile per new width would "
+          f"show as one per micro-batch shape)")
     return rows
 
 

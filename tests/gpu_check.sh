@@ -32,15 +32,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 has() { python -c "import $1" 2>/dev/null; }
 
-run bench_uniform 150 8 python tests/bench_step.py --shape 1.5B --lengths uniform --seq 2048 --micro_batch 8
-run bench_real 150 8 python tests/bench_step.py --shape 1.5B --lengths real
-run demo 170 6 torchrun --standalone --nproc_per_node 1 rasft.py --rollout_backend hf --out "$runs/demo"
+run bench_uniform 140 8 python tests/bench_step.py --shape 1.5B --lengths uniform --seq 2048 --micro_batch 8
+run bench_real 140 8 python tests/bench_step.py --shape 1.5B --lengths real
+run demo 160 6 torchrun --standalone --nproc_per_node 1 rasft.py --rollout_backend hf --out "$runs/demo"
 grep -E "^(rollout backend|calibration|trained)" "$out/demo.log"
 grep -E "^step " "$out/demo.log" | tail -n 2
 if has vllm; then
   run demo_vllm 200 6 torchrun --standalone --nproc_per_node 1 rasft.py --rollout_backend vllm --out "$runs/demo_vllm"
 fi
-run resume 90 2 python tests/check_resume.py --out "$runs/resume" --twice
+run resume 80 2 python tests/check_resume.py --out "$runs/resume" --twice
 if has pytest; then
-  run suite 120 3 python -m pytest -q -p no:cacheprovider tests
+  run suite 60 3 python -m pytest -q -p no:cacheprovider tests
 fi
