@@ -1348,7 +1348,7 @@ def collate(samples, items, device):
 
 
 PAD = 16            # padded widths are multiples of this (tensor-core friendly)
-FORWARD_COST = 512  # a forward + backward's fixed cost (launches, collectives), roughly, in tokens' worth of time
+FORWARD_COST = 8192  # a forward + backward's fixed cost (launches, hooks, guards), in tokens' worth: measured, README
 
 
 def padded_width(n):
