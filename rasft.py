@@ -789,16 +789,18 @@ def run_tests(program, tests, timeout=10.0, memory_mb=2048, max_output=1 << 20):
         finally:
             os.close(r)
         out, deadline, fd = bytearray(), time.monotonic() + timeout, proc.stdout.fileno()
-        # Past the output cap the run fails: the marker is printed last.
-        while len(out) <= max_output and (left := deadline - time.monotonic()) > 0:
+        # Read to the end, keeping only the last max_output bytes: debug prints must not fail a correct solution
+        # (nor fill the trainer's memory), and the marker is printed last.
+        while (left := deadline - time.monotonic()) > 0:
             if not select.select([fd], [], [], left)[0] or not (chunk := os.read(fd, 1 << 16)):
                 break
             out += chunk
+            del out[:-max_output]
         with contextlib.suppress(ProcessLookupError):  # everything may have exited already
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the candidate's children too
         proc.wait()
         proc.stdout.close()
-    return len(out) <= max_output and marker in out
+    return marker in out
 
 
 _FENCE_RE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)

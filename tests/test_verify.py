@@ -214,6 +214,13 @@ def test_huge_output():
     assert not _fast(lambda: run_tests(prog, "", timeout=3), 5)
 
 
+def test_long_output_of_a_correct_solution():  # 3 MB of debug lines: kept is only the tail, where the marker is
+    prog = ADD + "for i in range(60000):\n    print('debug line', i, 'x' * 30)\n"
+    assert run_tests(prog, ADD_TESTS, timeout=10)
+    assert run_tests(prog, ADD_TESTS, timeout=10, max_output=4096)
+    assert not run_tests(WRONG_ADD + prog.replace(ADD, ""), ADD_TESTS, timeout=10)
+
+
 def test_memory_bomb():
     prog = "x = []\nwhile True:\n    x.append(bytearray(10**7))\n"
     assert not _fast(lambda: run_tests(prog + ADD, ADD_TESTS, timeout=3, memory_mb=512), 5)
