@@ -74,7 +74,8 @@ def test_math_equal_none_and_empty():
     ("\\fbox{7}", "7"),
     ("first \\boxed{1} then finally \\boxed{2}", "2"),
     ("<think>maybe \\boxed{3}</think> The answer is \\boxed{4}.", "4"),
-    ("<think>so \\boxed{3}</think> The answer is four.", "3"),
+    ("<think>so \\boxed{3}</think> The answer is four.", "four"),  # the text after </think> says the answer
+    ("<think>so \\boxed{3}</think> Done.", "3"),
     ("roots: \\boxed{1}, \\boxed{2}", "1, 2"),
     ("$\\boxed{1}$ and $\\boxed{-2}$", "1, -2"),
     ("\\boxed{5} \\boxed{5}", "5"),
@@ -93,7 +94,8 @@ def test_extract_answer(text, expected):
 
 def test_verify_math():
     assert verify_math("... so the answer is \\boxed{\\dfrac{1}{2}}", "0.5")
-    assert not verify_math("the answer is 7", "7")
+    assert verify_math("the answer is 7", "7")  # a marker, like "answer:"
+    assert not verify_math("3 + 4 = 7", "7")  # never the last number
     assert not verify_math("\\boxed{8}", "7")
 
 
