@@ -390,7 +390,7 @@ for _ in range(8):  # balanced braces nested up to 8 deep; escaped \{ \} are pla
     _BRACED = r"(?:\\.|[^{}\\]|\{" + _BRACED + r"\})*"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?:\s*\{(" + _BRACED + r")\}| +([^\s${][^\s$]*))")  # also `\boxed 5`
 _MATH_RE = re.compile(r"\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)")
-_MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)", re.I)
+_MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)|^####", re.I | re.M)  # also GSM8K's "#### 42"
 _DELIM_RE = re.compile(r"^\s*\\[\[(]|\\[\])]\s*$")
 _FILLER_RE = re.compile(r"\\text\s*\{|\\q?quad|\\[()\[\],;:! ]|[{}$~]")
 
@@ -405,7 +405,7 @@ def _joined(spans, text):
     parts = [_body(spans[-1])]  # an unclosed (truncated) box or span does not match
     for prev, cur in zip(spans[-2::-1], spans[:0:-1]):
         gap = re.sub(r"\S+\s*=\s*$", "", _FILLER_RE.sub(" ", text[prev.end():cur.start()]))  # "\) and \( y_2 ="
-        if not re.fullmatch(r"(?:[\s,;]|\(?\w\))*|[^.!?\n]{0,30}\b(?:and|or)[\s,;]*", gap):  # also part labels (b)
+        if not re.fullmatch(r"(?:[\s,;:*]|\(?\w\)|(?i:part))*|[^.!?\n]{0,30}\b(?:and|or)[\s,;]*", gap):  # or "Part (b):"
             break
         if _body(prev) not in parts:  # a model re-boxing the same answer gives one answer
             parts.insert(0, _body(prev))
@@ -442,7 +442,7 @@ def extract_answer(text):
 # ---------------------------- math: normalization ---------------------------
 _UNICODE = {"√": "\\sqrt", "π": "\\pi ", "×": "\\times ", "÷": "\\div ", "−": "-", "–": "-", "≤": "<=", "≥": ">=",
             "∞": "\\infty ", "°": "", "·": "\\cdot ", "∪": "\\cup ", "∈": "\\in ", "≠": "!=", "≈": "\\approx ",
-            "…": "...", "ℝ": "\\mathbb{R}", "∅": "\\emptyset"}
+            "…": "...", "ℝ": "\\mathbb{R}", "∅": "\\emptyset", "²": "^2", "³": "^3"}
 _FUNCS = "asin|acos|atan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|exp|log|ln"
 _TEXT_CMD = r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname|textnormal)\s*"
 _NORM_SUBS = [(re.compile(p), r) for p, r in (
@@ -451,7 +451,7 @@ _NORM_SUBS = [(re.compile(p), r) for p, r in (
     (r"(?<!\\)\\(?:[,;: ]|q?quad(?![a-zA-Z]))|~", " "), (r"(?<=\d)(?:\{,\}| )(?=\d{3}(?![\d/]))", ""),  # 1{,}000
     (r";", ","), (r"\\([{}])", r"\1"), (r"\\[dtc]frac", r"\\frac"), (r"\\[lc]?dots[a-z]?", "..."),
     (r"\\(?:varnothing|emptyset)\b", "{}"), (r"\\neq?(?![a-zA-Z])|\\not\s*=", "!="), (r"\\approx", "="),
-    (r"\s*\b(?:or|and)\b\s*", ", "), (r"\binfinity\b", r"\\infty"),
+    (r"\s*\b(?:or|and)\b\s*", ", "), (r"(?i:\binfinity\b)", r"\\infty"),
     (r"\\mathbb\s*\{?R\}?|(?i:\b(?:all )?real numbers\b)", r"(-\\infty,\\infty)"),
     (r"\\le(?:q|qslant)?(?![a-zA-Z])", "<="), (r"\\ge(?:q|qslant)?(?![a-zA-Z])", ">="),
     (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
@@ -611,7 +611,7 @@ def _ineq(s):
 def _as_set(t):
     """An interval, or a union or list of them, as a sympy set; None for anything else, or symbolic or non-real ends."""
     if t[0] in ("set", "coll"):
-        return t[1] if t[0] == "set" else None if None in (u := [_as_set(x) for x in t[1]]) else sympy.Union(*u)
+        return None if None in (u := [_as_set(x) for x in t[1]]) else sympy.Union(*u)
     if t[0] == "seq" and t[1] in "([" and t[2] in ")]" and len(t[3]) == 2 and all(x[0] == "x" for x in t[3]):
         ends = [_to_sympy(x[1]) for x in t[3]]
         if None not in ends and not any(e.free_symbols for e in ends):
@@ -622,7 +622,7 @@ def _as_set(t):
 
 def _parse(s):
     """Tree of ('x', scalar) | ('coll', unordered items) | ('seq', open, close, items) | ('eq', lhs, rhs)
-    | ('set', sympy union of intervals). Lists, sets and tuples are split here and nowhere else."""
+    | ('set', items of a union). Lists, sets and tuples are split here and nowhere else."""
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s.strip())
     if m := _MATRIX_RE.fullmatch(s):
         rows = [[_parse(c) for c in r.split("&")] for r in re.split(r"\\\\", m[2]) if r.strip()]
@@ -634,8 +634,7 @@ def _parse(s):
     if (m := re.fullmatch(r"(.+?)\s*!=\s*(.+)", s)) and _LABEL_RE.fullmatch(m[1]):
         s = f"(-\\infty,{m[2]})\\cup({m[2]},\\infty)"
     if len(parts := _split_top(s, "\\cup")) > 1:
-        t = _coll([_parse(p) for p in parts if p])
-        return t if (u := _as_set(t)) is None else ("set", u)
+        return ("set", _coll([_parse(p) for p in parts if p])[1])
     if len(parts := _split_top(s, ",")) > 1 or s[:1] + s[-1:] == "{}" and (parts := _split_top(s[1:-1], ",")):
         return _coll([_parse(p) for p in parts if p])
     if s[:1] in "([" and s[-1:] in ")]" and len(items := _split_top(s[1:-1], ",")) > 1:
@@ -664,16 +663,25 @@ def _values(t):
     return [("x", t[1]), _parse(t[2])] if (e := _to_sympy(t[1])) is not None and not e.free_symbols else [t]
 
 
+def _point(t):  # "x = 5, y = 8" names the point (5, 8)
+    if t[0] == "coll" and t[1] and all(x[0] == "eq" and _LABEL_RE.fullmatch(x[1]) for x in t[1]):
+        return ("seq", "(", ")", [_parse(x[2]) for x in t[1]])
+    return t
+
+
 def _cmp(p, g):
     if p[0] == g[0] == "eq":  # the same label with equal values, or equivalent equations
         return p[1].replace(" ", "") == g[1].replace(" ", "") and _cmp(_parse(p[2]), _parse(g[2])) or _eq_eq(p, g)
     if (ps := _values(p), gs := _values(g)) != ([p], [g]):
         return all(_cmp(a, b) for a in ps for b in gs)
-    if "set" in (p[0], g[0]):  # [0,1] \cup [1,2] == [0,2]
-        return (a := _as_set(p)) is not None and a == _as_set(g)
+    if "set" in (p[0], g[0]):  # a union: item by item, else as sets ([0,1] \cup [1,2] == [0,2])
+        return (_cmp(*[("coll", t[1]) if t[0] == "set" else t for t in (p, g)])
+                or (a := _as_set(p)) is not None and a == _as_set(g))
+    if "seq" in (p[0], g[0]) and (_point(p), _point(g)) != (p, g):
+        return _cmp(_point(p), _point(g))
     if "coll" in (p[0], g[0]):  # unordered: solution lists and sets
         left, gs = list(p[1] if p[0] == "coll" else [p]), g[1] if g[0] == "coll" else [g]
-        for gi in gs if len(left) == len(gs) else ():
+        for gi in gs:
             if (j := next((j for j, pj in enumerate(left) if _cmp(pj, gi)), None)) is None:
                 return False
             del left[j]

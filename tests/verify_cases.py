@@ -28,6 +28,9 @@ CASES = [
     ("boxes", "ext", "So \\boxed{7}.\n\nCheck: 3 + 4 = 7, so again \\boxed{7}", "7", True),
     ("boxes", "ext", r"The roots are \boxed{2} and \boxed{3}.", "2", False),
     ("boxes", "ext", r"The roots are \boxed{2} and \boxed{3}.", "3, 2", True),
+    ("boxes", "ext", "**Part (a)**: $\\boxed{3}$\n\n**Part (b)**: $\\boxed{4}$", "3, 4", True),
+    ("boxes", "ext", r"$\boxed{5}$ or $\boxed{6}$, depending on the case", "5", False),
+    ("boxes", "ext", r"\boxed{1, 2, 3, \ldots}", "1, 2, 3", False),
 
     # 2. thousands separators (a plain comma only when the whole answer is one grouped number)
     ("thousands", "eq", "14{,}916", "14916", True),
@@ -70,6 +73,14 @@ CASES = [
     ("markers", "ext", "So \\boxed{9}.\n\nThe answer is consistent with the check.", "9", True),
     ("markers", "ext", "<think>so \\boxed{3}</think> The answer is 4.", "4", True),
     ("markers", "ext", "<think>so \\boxed{3}</think> The answer is 4.", "3", False),
+    ("markers", "ext", "\\boxed{5}\nSo the answer is actually 6.", "6", True),
+    ("markers", "ext", "The answer is approximately 6.", "6", True),
+    ("markers", "ext", "So, the answer is $\\frac{1}{2}$, which is 0.5.", "0.5", True),
+    ("markers", "ext", "The answer is .5", "0.5", True),
+    ("markers", "ext", "The answer is .5", "5", False),
+    ("markers", "ext", "Natalia sold 48 + 24 = 72 clips.\n#### 72", "72", True),
+    ("markers", "ext", "The correct answer is (C).", "C", True),
+    ("markers", "ext", "So the final answer is 34 cm².", "34", True),
 
     # 4. no box and no marker: the last math span of the final sentence, never the last number anywhere
     ("unboxed", "ext", "Answer $ 9 $", "9", True),
@@ -86,6 +97,10 @@ CASES = [
     ("unboxed", "ext", "we compute 3 + 4 = 7", "7", False),
     # plain prose is not an answer: no box, no marker, no math span
     ("unboxed", "ext", "After simplifying, the area is 12 square units.", "12", False),
+    ("unboxed", "ext", "Answer \\[ 9 \\]", "9", True),
+    ("unboxed", "ext", "Answer $$ 9 $$", "9", True),
+    ("unboxed", "ext", "So $x = 3$ does not work.", "3", False),
+    ("unboxed", "ext", "Try $x = 3$: that is wrong.", "3", False),
 
     # 5. labelled answers: a label (name, tuple of names, ratio of names) before `=` is not part of the value
     ("labels", "eq", "(x, y) = (5, 8) \\quad \\text{and} \\quad (8, 5)", "(5, 8), (8, 5)", True),
@@ -108,6 +123,15 @@ CASES = [
     ("labels", "eq", "2x = 10", "10", False),
     ("labels", "eq", "x^2 = 4", "4", False),
     ("labels", "eq", "x = 5", "10", False),
+    ("labels", "eq", "x = 5, y = 8", "(5, 8)", True),
+    ("labels", "eq", "(5, 8)", "x = 5, y = 8", True),
+    ("labels", "eq", "y = 8, x = 5", "(5, 8)", False),
+    ("labels", "eq", "\\angle ABC = 30^\\circ", "30", True),
+    ("labels", "eq", "f^{-1}(x) = 2x", "2x", True),
+    ("labels", "eq", "2 + 3 = 5", "5", True),
+    ("labels", "eq", "x = 2 + 3 = 5", "5", True),
+    ("labels", "eq", "3 = 5", "5", False),
+    ("labels", "eq", "2 + 2 = 5", "5", False),
 
     # 6. lists, sets and tuples: semicolons, "or" without spaces, plain braces, +-
     ("lists", "eq", "(0;0;0)", "(0,0,0)", True),
@@ -140,6 +164,12 @@ CASES = [
     ("named sets", "eq", "(-\\infty, 0) \\cup (0, \\infty)", "\\mathbb{R}", False),
     ("named sets", "eq", "\\text{infinity}", "\\infty", True),
     ("named sets", "eq", "\\text{infinity}", "-\\infty", False),
+    ("named sets", "eq", "\\text{Infinity}", "\\infty", True),
+    ("named sets", "eq", "x < 0 \\text{ or } x > 1", "(-\\infty, 0) \\cup (1, \\infty)", True),
+    ("named sets", "eq", "x < 0 \\text{ or } x > 1", "(-\\infty, 0] \\cup (1, \\infty)", False),
+    ("named sets", "eq", "(0, 1), (0, 2)", "(0, 2)", False),
+    ("named sets", "eq", "\\emptyset", "\\varnothing", True),
+    ("named sets", "eq", "\\emptyset", "\\{0\\}", False),
 
     # 8. relations and notation
     ("notation", "eq", "x \\ne 3", "x \\neq 3", True),
