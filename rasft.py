@@ -376,21 +376,19 @@ def end_token_id(tok):
 # 5. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
 
 # ----------------------------- math: extraction -----------------------------
-# Where the answer is, in the text after </think> if it has one there, else in the whole text; first found wins:
-#   1. the last \boxed{} (or \fbox), with the boxes before it that only connecting words separate from it
-#      ("\boxed{1}, \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}") -- unless an answer marker with
-#      math in its sentence comes after it ("\boxed{255} ... Final Answer: The final answer is $10,455$");
-#   2. the sentence after the last answer marker ("answer:", "the answer is"), cut to its math ("The largest $n$
-#      is 34." -> 34);
-#   3. the last math span ($..$, \(..\), \[..\]) of the final sentence, joined to earlier ones like boxes, unless
-#      the sentence goes on to deny it ("$x = 3$ does not work").
-# Never the last number anywhere: prose with no box, marker or math span has no answer.
+# Where the answer is, first found wins; in the text after </think> if that has one, else in the whole text:
+#   1. the last \boxed{}, with the boxes before it that only connecting words separate from it ("\boxed{1},
+#      \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}"), unless a marker with math follows it;
+#   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), cut to its math:
+#      "Final Answer: The largest $n$ is 34." -> 34;
+#   3. the last math span ($..$, \(..\), \[..\]) of the final sentence, joined like boxes, unless the sentence
+#      denies it ("$x = 3$ does not work"). Never the last number anywhere: bare prose has no answer.
 _BRACED = r"(?:\\.|[^{}\\])*"
 for _ in range(8):  # balanced braces nested up to 8 deep; escaped \{ \} are plain characters
     _BRACED = r"(?:\\.|[^{}\\]|\{" + _BRACED + r"\})*"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?:\s*\{(" + _BRACED + r")\}| +([^\s${][^\s$]*))")  # also `\boxed 5`
 _MATH_RE = re.compile(r"\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)")
-_MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)|^####", re.I | re.M)  # also GSM8K's "#### 42"
+_MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)|^####", re.I | re.M)  # GSM8K: "#### 42"
 _DELIM_RE = re.compile(r"^\s*\\[\[(]|\\[\])]\s*$")
 _FILLER_RE = re.compile(r"\\text\s*\{|\\q?quad|\\[()\[\],;:! ]|[{}$~]")
 
@@ -445,7 +443,8 @@ _UNICODE = {"√": "\\sqrt", "π": "\\pi ", "×": "\\times ", "÷": "\\div ", "�
             "…": "...", "ℝ": "\\mathbb{R}", "∅": "\\emptyset", "²": "^2", "³": "^3"}
 _FUNCS = "asin|acos|atan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|exp|log|ln"
 _TEXT_CMD = r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname|textnormal)\s*"
-_NORM_SUBS = [(re.compile(p), r) for p, r in (
+# A template (r"\1") is expanded only where its pattern matches: given as a string, re parses it on every call.
+_NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) for p, r in (
     (r"\\?[$%]|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?|\\(?:displaystyle|textstyle)|^\s*\\approx", ""),
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""), (_DELIM_RE.pattern, ""), (r",\\!\s*", ","), (r"\\!", ""),
     (r"(?<!\\)\\(?:[,;: ]|q?quad(?![a-zA-Z]))|~", " "), (r"(?<=\d)(?:\{,\}| )(?=\d{3}(?![\d/]))", ""),  # 1{,}000
@@ -453,9 +452,8 @@ _NORM_SUBS = [(re.compile(p), r) for p, r in (
     (r"\\(?:varnothing|emptyset)\b", "{}"), (r"\\neq?(?![a-zA-Z])|\\not\s*=", "!="), (r"\\approx", "="),
     (r"\s*\b(?:or|and)\b\s*", ", "), (r"(?i:\binfinity\b)", r"\\infty"),
     (r"\\mathbb\s*\{?R\}?|(?i:\b(?:all )?real numbers\b)", r"(-\\infty,\\infty)"),
-    (r"\\le(?:q|qslant)?(?![a-zA-Z])", "<="), (r"\\ge(?:q|qslant)?(?![a-zA-Z])", ">="),
-    (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
-    (r"\[(?=\s*-\s*\\infty)", "("), (r"(?<=\\infty)\s*\]", ")"),  # an interval is open at an infinity
+    (r"\\le(?:q|qslant)?(?![a-zA-Z])", "<="), (r"\\ge(?:q|qslant)?(?![a-zA-Z])", ">="), (r"\\lt(?![a-zA-Z])", "<"),
+    (r"\\gt(?![a-zA-Z])", ">"), (r"\[(?=\s*-\s*\\infty)", "("), (r"(?<=\\infty)\s*\]", ")"),  # open at an infinity
     (r"(\d)\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*\{?([-+]?\d+)\}?", r"\1e\2"),  # 4\times10^{3} -> 4e3
     # LaTeX that sympy has other names for; \frac, \sqrt and braces are left to _to_sympy
     (r"\\(" + _FUNCS + r")\s*\^\s*\{?(\d)\}?\s*(\([^()]*\)|\\?[a-zA-Z0-9]+)", r"(\\\1(\3))^{\2}"),  # \sin^2 x
@@ -478,12 +476,12 @@ def _norm(s):
         s = pat.sub(rep, s)
     if lead := _LEADING_NUM_RE.match(s := s.strip()):  # units only after a number: a bare `m`, `2m` survive
         s = _UNIT_TEX_RE.sub("", s).strip() or s
-    s = re.sub(r"\s+", " ", re.sub(_TEXT_CMD + r"\{([^{}]*)\}", r" \1 ", s)).strip()
+    s = re.sub(r"\s+", " ", re.sub(_TEXT_CMD + r"\{([^{}]*)\}", lambda m: f" {m[1]} ", s)).strip()
     s = re.sub(r"(?<!\.)\.$", "", s).strip()  # a full stop; an ellipsis is part of the answer
     s = _UNIT_WORD_RE.sub("", s) or s if lead else s
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # thousands separators, not a list
         s = s.replace(",", "")
-    return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", r"\1\2", s)  # base subscript 204_5 -> 204; (B) -> B
+    return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", lambda m: m[1] or m[2], s)  # base subscript 204_5 -> 204; (B) -> B
 
 
 def _to_number(s):
@@ -629,7 +627,7 @@ def _parse(s):
         if len(rows) == 1 or all(len(r) == 1 for r in rows):  # a row or column vector equals a tuple
             return ("seq", "(", ")", [c for r in rows for c in r])
         return ("seq", "M", "M", [("seq", "M", "M", r) for r in rows])
-    if len(sides := _split_top(s, "=")) == 2 and _LABEL_RE.fullmatch(sides[0]):
+    if len(sides := _split_top(s, "=") if "=" in s else [s]) == 2 and _LABEL_RE.fullmatch(sides[0]):
         return ("eq", *sides)  # the label names all of the value: (x, y) = (5, 8), (8, 5)
     if (m := re.fullmatch(r"(.+?)\s*!=\s*(.+)", s)) and _LABEL_RE.fullmatch(m[1]):
         s = f"(-\\infty,{m[2]})\\cup({m[2]},\\infty)"
@@ -656,11 +654,9 @@ def _eq_eq(p, g):
 
 def _values(t):
     """What an equation gives as the answer: "x = 5" -> [5]; "2 + 3 = 5" -> [2 + 3, 5], each must match; else [t]."""
-    if t[0] != "eq":
+    if t[0] != "eq" or not (label := _LABEL_RE.fullmatch(t[1])) and ((e := _to_sympy(t[1])) is None or e.free_symbols):
         return [t]
-    if _LABEL_RE.fullmatch(t[1]):
-        return [_parse(t[2])]
-    return [("x", t[1]), _parse(t[2])] if (e := _to_sympy(t[1])) is not None and not e.free_symbols else [t]
+    return [_parse(t[2])] + ([] if label else [("x", t[1])])
 
 
 def _point(t):  # "x = 5, y = 8" names the point (5, 8)
