@@ -420,15 +420,16 @@ def _after_marker(text, m):
 
 
 def _find_answer(text):
-    boxes = list(_BOX_RE.finditer(text))
+    boxes, words = list(_BOX_RE.finditer(text)), None
     for m in reversed(list(_MARKER_RE.finditer(text))):
         if boxes and m.start() < boxes[-1].start():
             break
-        if (ans := _after_marker(text, m)) and (not boxes or re.search(r"[\d\\]", ans)):
+        if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
             return ans
+        words = words or ans  # "Answer: East", unless a box or a math span says more ("The answer is not obvious")
     spans = boxes or list(_MATH_RE.finditer(text))  # a span: only if no later sentence, and no denial, follows it
     late = spans and re.search(r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b", text[spans[-1].end():])
-    return _joined(spans, text) if boxes or spans and not late else None
+    return _joined(spans, text) if boxes or spans and not late else words or None
 
 
 def extract_answer(text):

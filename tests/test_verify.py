@@ -86,6 +86,12 @@ def test_math_equal_none_and_empty():
     ("we compute 3 + 4 = 7", None),
     ("truncated \\boxed{1 + ", None),
     ("empty \\boxed{}", None),
+    ("Answer:", None),
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("\\boxed{255} for the first part.\nFinal Answer: The final answer is $10,455$.", "10,455"),
+    ("$\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}$", "k = 45, n = 2"),
+    ("Thus $x <= 2$ is our answer.", "x <= 2"),
+    ("We get $x = 3$.\nLet me check that again.", None),
     ("", None),
 ])
 def test_extract_answer(text, expected):

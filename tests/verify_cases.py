@@ -81,6 +81,10 @@ CASES = [
     ("markers", "ext", "Natalia sold 48 + 24 = 72 clips.\n#### 72", "72", True),
     ("markers", "ext", "The correct answer is (C).", "C", True),
     ("markers", "ext", "So the final answer is 34 cm².", "34", True),
+    ("markers", "ext", "The answer is not obvious at first.\n\nSo the value is $x = 5$.", "5", True),
+    ("markers", "ext", "The wind blows from the west, so it goes east.\nAnswer: East", "east", True),
+    ("markers", "ext", "Answer: $x$", "x", True),
+    ("markers", "ext", "Answer: $x$", "y", False),
 
     # 4. no box and no marker: the last math span of the final sentence, never the last number anywhere
     ("unboxed", "ext", "Answer $ 9 $", "9", True),
