@@ -434,7 +434,7 @@ def _find_answer(text):
 
 def extract_answer(text):
     """The final answer of a completion, found in the order written above, or None."""
-    text = text or ""
+    text = re.sub(r"<\|(?:im_end|im_start|endoftext|eot_id)\|>[\s\S]*", "", text or "")  # the turn ended there
     return "</think>" in text and _find_answer(text[text.rfind("</think>") + 8:]) or _find_answer(text)
 
 
@@ -573,7 +573,7 @@ def _scalar_eq(p, g):
 
 
 # --------------------------- math: structures -------------------------------
-_MATRIX_RE = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]+\})?(.*)\\end\{\1\}", re.S)
+_MATRIX_RE = re.compile(r"[(\[]?\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]+\})?(.*)\\end\{\1\}[)\]]?", re.S)
 # A label names the value after `=`: x, AB, y_1, \theta, f^{-1}(x), \angle A; (x, y); S_1:S. \pi is no label.
 _NAME = r"(?:m?\\angle\s*)?(?!\\(?:pi|infty)\b)\\?[A-Za-z]+'*(?:_\w+)?(?:\^\{?-1\}?)?(?:\([A-Za-z, ]*\))?"
 _LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\(\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\)")

@@ -8,7 +8,8 @@ tests/bench_verify.py. These are not a held-out measure: they were written by th
 
 CASES = [
     # 1. several boxes form one answer when only connecting words stand between them; nested boxes
-    ("boxes", "ext", r"So the pairs are $\boxed{(2, 2)} \quad \text{and} \quad \boxed{(6, 2)}$.", "(2, 2), (6, 2)", True),
+    ("boxes", "ext", r"So the pairs are $\boxed{(2, 2)} \quad \text{and} \quad \boxed{(6, 2)}$.", "(2, 2), (6, 2)",
+     True),
     ("boxes", "ext", r"So the pairs are $\boxed{(2, 2)} \quad \text{and} \quad \boxed{(6, 2)}$.", "(6, 2)", False),
     ("boxes", "ext", r"\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}", "(3, 3), (1, 1)", True),
     ("boxes", "ext", r"Hence \( y_1 = \boxed{2} \) and \( y_2 = \boxed{-3} \).", "2, -3", True),
@@ -103,6 +104,9 @@ CASES = [
     ("unboxed", "ext", "After simplifying, the area is 12 square units.", "12", False),
     ("unboxed", "ext", "Answer \\[ 9 \\]", "9", True),
     ("unboxed", "ext", "Answer $$ 9 $$", "9", True),
+    ("unboxed", "ext", "So the ordered pair that solves the system is $(7, 6)$. <|im_start|>user\nSolve", "(7, 6)",
+     True),
+    ("unboxed", "ext", "So $x = 2$.<|im_end|>The answer is 3.", "3", False),
     ("unboxed", "ext", "So $x = 3$ does not work.", "3", False),
     ("unboxed", "ext", "Try $x = 3$: that is wrong.", "3", False),
 
@@ -193,6 +197,9 @@ CASES = [
     ("notation", "eq", "0 < f(x) < 1", "(0, 1)", True),
     ("notation", "eq", "0 < f(x) \\le 1", "(0, 1)", False),
     ("notation", "eq", "0 \\le y \\le 1", "[0,1]", True),
+    ("notation", "eq", r"\left[\begin{array}{cc}1 & 2 \\ 3 & 4\end{array}\right]", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}",
+     True),
+    ("notation", "eq", r"\begin{bmatrix}1 & 2 \\ 3 & 5\end{bmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", False),
 
     # 9. an ellipsis is part of the answer, never dropped
     ("ellipsis", "eq", "1, 2, 3, ...", "1, 2, 3", False),
