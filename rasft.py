@@ -376,13 +376,15 @@ def end_token_id(tok):
 # 5. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
 
 # ----------------------------- math: extraction -----------------------------
-# Where the answer is, first found wins; in the text after </think> if that has one, else in the whole text:
+# Where the answer is, first found wins; in the text after </think> if that has one, else in the whole text, and
+# only up to a special token that ends the turn:
 #   1. the last \boxed{}, with the boxes before it that only connecting words separate from it ("\boxed{1},
 #      \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}"), unless a marker with math follows it;
-#   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), cut to its math:
-#      "Final Answer: The largest $n$ is 34." -> 34;
+#   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), if it has math, cut to its
+#      math: "Final Answer: The largest $n$ is 34." -> 34;
 #   3. the last math span ($..$, \(..\), \[..\]) of the final sentence, joined like boxes, unless the sentence
-#      denies it ("$x = 3$ does not work"). Never the last number anywhere: bare prose has no answer.
+#      denies it ("$x = 3$ does not work");
+#   4. the words after the last marker ("Answer: East"). Never the last number anywhere: bare prose has no answer.
 _BRACED = r"(?:\\.|[^{}\\])*"
 for _ in range(8):  # balanced braces nested up to 8 deep; escaped \{ \} are plain characters
     _BRACED = r"(?:\\.|[^{}\\]|\{" + _BRACED + r"\})*"
@@ -403,7 +405,7 @@ def _joined(spans, text):
     parts = [_body(spans[-1])]  # an unclosed (truncated) box or span does not match
     for prev, cur in zip(spans[-2::-1], spans[:0:-1]):
         gap = re.sub(r"\S+\s*=\s*$", "", _FILLER_RE.sub(" ", text[prev.end():cur.start()]))  # "\) and \( y_2 ="
-        if not re.fullmatch(r"(?:[\s,;:*]|\(?\w\)|(?i:part))*|[^.!?\n]{0,30}\b(?:and|or)[\s,;]*", gap):  # or "Part (b):"
+        if not re.fullmatch(r"(?:[\s,;:*]|\(?\w\)|(?i:part))*|[^.!?\n]{0,30}\b(?:and|or)[\s,;]*", gap):  # "Part (b):"
             break
         if _body(prev) not in parts:  # a model re-boxing the same answer gives one answer
             parts.insert(0, _body(prev))
@@ -426,7 +428,7 @@ def _find_answer(text):
             break
         if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
             return ans
-        words = words or ans  # "Answer: East", unless a box or a math span says more ("The answer is not obvious")
+        words = words or ans  # "The answer is not obvious. [...] So $x = 5$." is 5
     spans = boxes or list(_MATH_RE.finditer(text))  # a span: only if no later sentence, and no denial, follows it
     late = spans and re.search(r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b", text[spans[-1].end():])
     return _joined(spans, text) if boxes or spans and not late else words or None
@@ -482,7 +484,7 @@ def _norm(s):
     s = _UNIT_WORD_RE.sub("", s) or s if lead else s
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # thousands separators, not a list
         s = s.replace(",", "")
-    return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", lambda m: m[1] or m[2], s)  # base subscript 204_5 -> 204; (B) -> B
+    return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", lambda m: m[1] or m[2], s)  # base 204_5 -> 204; (B) -> B
 
 
 def _to_number(s):
@@ -635,7 +637,7 @@ def _parse(s):
     if len(parts := _split_top(s, "\\cup")) > 1:
         return ("set", _coll([_parse(p) for p in parts if p])[1])
     if len(parts := _split_top(s, ",")) > 1 or s[:1] + s[-1:] == "{}" and (parts := _split_top(s[1:-1], ",")):
-        return _coll([_parse(p) for p in parts if p])
+        return _coll([_parse(p) for p in parts if p])  # a list, or a set in braces
     if s[:1] in "([" and s[-1:] in ")]" and len(items := _split_top(s[1:-1], ",")) > 1:
         return ("seq", s[0], s[-1], [_parse(p) for p in items])
     if "<" in s or ">" in s:
@@ -655,9 +657,11 @@ def _eq_eq(p, g):
 
 def _values(t):
     """What an equation gives as the answer: "x = 5" -> [5]; "2 + 3 = 5" -> [2 + 3, 5], each must match; else [t]."""
-    if t[0] != "eq" or not (label := _LABEL_RE.fullmatch(t[1])) and ((e := _to_sympy(t[1])) is None or e.free_symbols):
-        return [t]
-    return [_parse(t[2])] + ([] if label else [("x", t[1])])
+    if t[0] == "eq" and _LABEL_RE.fullmatch(t[1]):
+        return [_parse(t[2])]
+    if t[0] == "eq" and (e := _to_sympy(t[1])) is not None and not e.free_symbols:
+        return [("x", t[1]), _parse(t[2])]
+    return [t]
 
 
 def _point(t):  # "x = 5, y = 8" names the point (5, 8)
