@@ -35,6 +35,7 @@ def test_bench_script_runs():
     buf = io.StringIO()
     acc = bench_verify.main(CORPUS[:25], out=buf)
     assert acc >= 0.9 and "median" in buf.getvalue()
+    assert bench_verify.cases(out=buf) == 1.0 and "by class: boxes" in buf.getvalue()
 
 
 @pytest.mark.parametrize("pred,gold,equal", [
