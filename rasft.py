@@ -576,8 +576,10 @@ def _scalar_eq(p, g):
 
 # --------------------------- math: structures -------------------------------
 _MATRIX_RE = re.compile(r"[(\[]?\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]+\})?(.*)\\end\{\1\}[)\]]?", re.S)
-# A label names the value after `=`: x, AB, y_1, \theta, f^{-1}(x), \angle A; (x, y); S_1:S. \pi is no label.
-_NAME = r"(?:m?\\angle\s*)?(?!\\(?:pi|infty)\b)\\?[A-Za-z]+'*(?:_\w+)?(?:\^\{?-1\}?)?(?:\([A-Za-z, ]*\))?"
+# A label names the value after `=`: x, AB, y_1, S_{\triangle ABC}, \theta, f^{-1}(x), \angle A, \overline{AB};
+# (x, y); S_1:S. \pi is no label.
+_NAME = (r"(?:m?\\angle\s*)?(?!\\(?:pi|infty)\b)(?:\\(?:overline|vec|bar|hat)\{\w+\}|\\?[A-Za-z]+'*)"
+         r"(?:_\w+|_\{[^{}]*\})?(?:\^\{?-1\}?)?(?:\([A-Za-z, ]*\))?")
 _LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\(\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\)")
 
 
