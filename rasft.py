@@ -395,48 +395,87 @@ def end_token_id(tok):
 # 5. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
 
 # ----------------------------- math: extraction -----------------------------
+# Where the answer is, first found wins; in the text after </think> if that has one, else in the whole text, and
+# only up to a special token that ends the turn:
+#   1. the last \boxed{}, with the boxes before it that only connecting words separate from it ("\boxed{1},
+#      \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}"), unless a marker with math follows it;
+#   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), if it has math, cut to its
+#      math: "Final Answer: The largest $n$ is 34." -> 34;
+#   3. the last math span ($..$, \(..\), \[..\]) of the final sentence, joined like boxes, unless the sentence
+#      denies it ("$x = 3$ does not work");
+#   4. the words after the last marker ("Answer: East"). Never the last number anywhere: bare prose has no answer.
 _BRACED = r"(?:\\.|[^{}\\])*"
 for _ in range(8):  # balanced braces nested up to 8 deep; escaped \{ \} are plain characters
     _BRACED = r"(?:\\.|[^{}\\]|\{" + _BRACED + r"\})*"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?:\s*\{(" + _BRACED + r")\}| +([^\s${][^\s$]*))")  # also `\boxed 5`
-# Boxes separated only by these form one answer: "\boxed{1}, \boxed{2}", "\boxed{a} and \boxed{b}".
-_BOX_GAP_RE = re.compile(r"[\s,;$]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\q?quad)[\s,;$]*)?")
-_MARKER_RE = re.compile(r"final answer(?: is\b\s*:?|\s*:)|answer\s*:", re.I)
+_MATH_RE = re.compile(r"\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)")
+_MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)|^####", re.I | re.M)  # GSM8K: "#### 42"
 _DELIM_RE = re.compile(r"^\s*\\[\[(]|\\[\])]\s*$")
+_FILLER_RE = re.compile(r"\\text\s*\{|\\q?quad|\\[()\[\],;:! ]|[{}$~]")
+
+
+def _body(m):  # \boxed{\boxed{5}} is 5
+    b = next((g for g in m.groups() if g is not None), "").strip()
+    return _body(inner) if (inner := _BOX_RE.fullmatch(b)) else b
+
+
+def _joined(spans, text):
+    """The last span's content, with those before it that only punctuation or "... and" / "... or" separate."""
+    parts = [_body(spans[-1])]  # an unclosed (truncated) box or span does not match
+    for prev, cur in zip(spans[-2::-1], spans[:0:-1]):
+        gap = re.sub(r"\S+\s*=\s*$", "", _FILLER_RE.sub(" ", text[prev.end():cur.start()]))  # "\) and \( y_2 ="
+        if not re.fullmatch(r"(?:[\s,;:*]|\(?\w\)|(?i:part))*|[^.!?\n]{0,30}\b(?:and|or)[\s,;]*", gap):  # "Part (b):"
+            break
+        if _body(prev) not in parts:  # a model re-boxing the same answer gives one answer
+            parts.insert(0, _body(prev))
+    return ", ".join(parts) if all(parts) else None
+
+
+def _after_marker(text, m):
+    """The math of the sentence after marker m ("x is 12" -> 12), or ""."""
+    line = next((ln for ln in text[m.end():].split("\n") if ln.strip(" \t*$")), "")
+    line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]  # sentence end, not a decimal point
+    if re.search(r"[\d\\$]", value := re.split(r"\s(?:is|are|equals)\s", line)[-1]):
+        line = re.sub(r"^(?:(?!not\b)[A-Za-z]{2,}\s+)+(?=[-+(\[\d\\$.])", "", value.strip())  # "approximately 6"
+    return _DELIM_RE.sub("", line.strip(" \t*$")).strip(" *$")
+
+
+def _find_answer(text):
+    boxes, words = list(_BOX_RE.finditer(text)), None
+    for m in reversed(list(_MARKER_RE.finditer(text))):
+        if boxes and m.start() < boxes[-1].start():
+            break
+        if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
+            return ans
+        words = words or ans  # "The answer is not obvious. [...] So $x = 5$." is 5
+    spans = boxes or list(_MATH_RE.finditer(text))  # a span: only if no later sentence, and no denial, follows it
+    late = spans and re.search(r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b", text[spans[-1].end():])
+    return _joined(spans, text) if boxes or spans and not late else words or None
 
 
 def extract_answer(text):
-    """The last boxed answer (adjacent boxes joined), else the text after the last "answer:" marker, else None."""
-    tail = text[text.rfind("</think>") + 8:] if text and "</think>" in text else ""
-    text = tail if _BOX_RE.search(tail) else text or ""
-    if boxes := [(m.start(), m.end(), (m[1] or m[2] or "").strip()) for m in _BOX_RE.finditer(text)]:
-        parts = [boxes[-1][2]]  # an unclosed (truncated) box does not match
-        for prev, cur in zip(boxes[-2::-1], boxes[:0:-1]):
-            if not _BOX_GAP_RE.fullmatch(text[prev[1]:cur[0]]):
-                break
-            if prev[2] not in parts:  # a model re-boxing the same answer is one answer
-                parts.insert(0, prev[2])
-        return ", ".join(parts) if all(parts) else None
-    for m in reversed(list(_MARKER_RE.finditer(text))):
-        line = next((ln for ln in text[m.end():].split("\n") if ln.strip(" \t*$")), "")
-        line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]  # sentence end, not a decimal point
-        if ans := _DELIM_RE.sub("", line.strip(" \t*$")).strip(" *$."):
-            return ans
-    return None
+    """The final answer of a completion, found in the order written above, or None."""
+    text = re.sub(r"<\|(?:im_end|im_start|endoftext|eot_id)\|>[\s\S]*", "", text or "")  # the turn ended there
+    return "</think>" in text and _find_answer(text[text.rfind("</think>") + 8:]) or _find_answer(text)
 
 
 # ---------------------------- math: normalization ---------------------------
 _UNICODE = {"√": "\\sqrt", "π": "\\pi ", "×": "\\times ", "÷": "\\div ", "−": "-", "–": "-", "≤": "<=", "≥": ">=",
-            "∞": "\\infty ", "°": "", "·": "\\cdot ", "∪": "\\cup ", "∈": "\\in ", "≠": "\\ne "}
+            "∞": "\\infty ", "°": "", "·": "\\cdot ", "∪": "\\cup ", "∈": "\\in ", "≠": "!=", "≈": "\\approx ",
+            "…": "...", "ℝ": "\\mathbb{R}", "∅": "\\emptyset", "²": "^2", "³": "^3"}
 _FUNCS = "asin|acos|atan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|exp|log|ln"
 _TEXT_CMD = r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname|textnormal)\s*"
-_NORM_SUBS = [(re.compile(p), r) for p, r in (
-    (r"\\?[$%]|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?|\\(?:displaystyle|textstyle)", ""),
+# A template (r"\1") is expanded only where its pattern matches: given as a string, re parses it on every call.
+_NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) for p, r in (
+    (r"\\?[$%]|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?|\\(?:displaystyle|textstyle)|^\s*\\approx", ""),
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""), (_DELIM_RE.pattern, ""), (r",\\!\s*", ","), (r"\\!", ""),
-    (r"(?<!\\)\\(?:[,;: ]|q?quad(?![a-zA-Z]))|~", " "), (r"\\[dt]frac", r"\\frac"),
-    (r"\\le(?:q|qslant)?(?![a-zA-Z])", "<="), (r"\\ge(?:q|qslant)?(?![a-zA-Z])", ">="),
-    (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
-    (r"\[(?=\s*-\s*\\infty)", "("), (r"(?<=\\infty)\s*\]", ")"),  # an interval is open at an infinity
+    (r"(?<!\\)\\(?:[,;: ]|q?quad(?![a-zA-Z]))|~", " "), (r"(?<=\d)(?:\{,\}| )(?=\d{3}(?![\d/]))", ""),  # 1{,}000
+    (r";", ","), (r"\\([{}])", r"\1"), (r"\\[dtc]frac", r"\\frac"), (r"\\[lc]?dots[a-z]?", "..."),
+    (r"\\(?:varnothing|emptyset)\b", "{}"), (r"\\neq?(?![a-zA-Z])|\\not\s*=", "!="), (r"\\approx", "="),
+    (r"\s*\b(?:or|and)\b\s*", ", "), (r"(?i:\binfinity\b)", r"\\infty"),
+    (r"\\mathbb\s*\{?R\}?|(?i:\b(?:all )?real numbers\b)", r"(-\\infty,\\infty)"),
+    (r"\\le(?:q|qslant)?(?![a-zA-Z])", "<="), (r"\\ge(?:q|qslant)?(?![a-zA-Z])", ">="), (r"\\lt(?![a-zA-Z])", "<"),
+    (r"\\gt(?![a-zA-Z])", ">"), (r"\[(?=\s*-\s*\\infty)", "("), (r"(?<=\\infty)\s*\]", ")"),  # open at an infinity
     (r"(\d)\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*\{?([-+]?\d+)\}?", r"\1e\2"),  # 4\times10^{3} -> 4e3
     # LaTeX that sympy has other names for; \frac, \sqrt and braces are left to _to_sympy
     (r"\\(" + _FUNCS + r")\s*\^\s*\{?(\d)\}?\s*(\([^()]*\)|\\?[a-zA-Z0-9]+)", r"(\\\1(\3))^{\2}"),  # \sin^2 x
@@ -459,11 +498,12 @@ def _norm(s):
         s = pat.sub(rep, s)
     if lead := _LEADING_NUM_RE.match(s := s.strip()):  # units only after a number: a bare `m`, `2m` survive
         s = _UNIT_TEX_RE.sub("", s).strip() or s
-    s = re.sub(r"\s+", " ", re.sub(_TEXT_CMD + r"\{([^{}]*)\}", r" \1 ", s)).strip().rstrip(".").strip()
-    s = re.sub(r"\s+(?:or|and)\s+", ", ", _UNIT_WORD_RE.sub("", s) or s if lead else s)
+    s = re.sub(r"\s+", " ", re.sub(_TEXT_CMD + r"\{([^{}]*)\}", lambda m: f" {m[1]} ", s)).strip()
+    s = re.sub(r"(?<!\.)\.$", "", s).strip()  # a full stop; an ellipsis is part of the answer
+    s = _UNIT_WORD_RE.sub("", s) or s if lead else s
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # thousands separators, not a list
         s = s.replace(",", "")
-    return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", r"\1\2", s)  # base subscript 204_5 -> 204; (B) -> B
+    return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", lambda m: m[1] or m[2], s)  # base 204_5 -> 204; (B) -> B
 
 
 def _to_number(s):
@@ -554,13 +594,16 @@ def _scalar_eq(p, g):
 
 
 # --------------------------- math: structures -------------------------------
-_MATRIX_RE = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]+\})?(.*)\\end\{\1\}", re.S)
-_VAR_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?")
-_LHS_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z, ]*\))?")
+_MATRIX_RE = re.compile(r"[(\[]?\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]+\})?(.*)\\end\{\1\}[)\]]?", re.S)
+# A label names the value after `=`: x, AB, y_1, S_{\triangle ABC}, \theta, f^{-1}(x), \angle A, \overline{AB};
+# (x, y); S_1:S. \pi is no label.
+_NAME = (r"(?:m?\\angle\s*)?(?!\\(?:pi|infty)\b)(?:\\(?:overline|vec|bar|hat)\{\w+\}|\\?[A-Za-z]+'*)"
+         r"(?:_\w+|_\{[^{}]*\})?(?:\^\{?-1\}?)?(?:\([A-Za-z, ]*\))?")
+_LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\(\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\)")
 
 
 def _split_top(s, sep):
-    """s split at sep outside brackets (\\{ \\} count as brackets), or [] if a bracket closes unopened."""
+    """s split at sep outside brackets, or [] if a bracket closes unopened."""
     parts, depth, start = [], 0, 0
     for i, c in enumerate(s):
         if (depth := depth + (c in "([{") - (c in ")]}")) < 0:
@@ -575,38 +618,54 @@ def _coll(items):  # an unordered collection, nested ones flattened
 
 
 def _ineq(s):
-    """`x > 3`, `3 >= x`, `-1 <= x < 2` as an interval, or None."""
+    """`x > 3`, `3 >= x`, `-1 <= f(x) < 2` as an interval, or None."""
     p = [t.strip() for t in re.split(r"(<=|>=|<|>)", s)]
     if len(p) == 3:  # one-sided: the open end is an infinity
         lt = p[1][0] == "<"
-        p = ([("-" if lt else "") + "\\infty", p[1][0], *p] if _VAR_RE.fullmatch(p[0])
+        p = ([("-" if lt else "") + "\\infty", p[1][0], *p] if _LABEL_RE.fullmatch(p[0])
              else [*p, p[1][0], ("" if lt else "-") + "\\infty"])
-    if len(p) != 5 or not _VAR_RE.fullmatch(p[2]) or p[1][0] != p[3][0]:
+    if len(p) != 5 or not _LABEL_RE.fullmatch(p[2]) or p[1][0] != p[3][0]:
         return None
     lo, o1, _, o2, hi = p if p[1][0] == "<" else p[::-1]
     return ("seq", "[" if "=" in o1 else "(", "]" if "=" in o2 else ")", [_parse(lo), _parse(hi)])
 
 
+def _as_set(t):
+    """An interval, or a union or list of them, as a sympy set; None for anything else, or symbolic or non-real ends."""
+    if t[0] in ("set", "coll"):
+        return None if None in (u := [_as_set(x) for x in t[1]]) else sympy.Union(*u)
+    if t[0] == "seq" and t[1] in "([" and t[2] in ")]" and len(t[3]) == 2 and all(x[0] == "x" for x in t[3]):
+        ends = [_to_sympy(x[1]) for x in t[3]]
+        if None not in ends and not any(e.free_symbols for e in ends):
+            with contextlib.suppress(ValueError, TypeError):
+                return sympy.Interval(*ends, t[1] == "(", t[2] == ")")
+    return None
+
+
 def _parse(s):
-    """Tree of ('x', scalar) | ('coll', unordered items) | ('seq', open, close, items) | ('eq', lhs, rhs)."""
+    """Tree of ('x', scalar) | ('coll', unordered items) | ('seq', open, close, items) | ('eq', lhs, rhs)
+    | ('set', items of a union). Lists, sets and tuples are split here and nowhere else."""
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s.strip())
     if m := _MATRIX_RE.fullmatch(s):
         rows = [[_parse(c) for c in r.split("&")] for r in re.split(r"\\\\", m[2]) if r.strip()]
         if len(rows) == 1 or all(len(r) == 1 for r in rows):  # a row or column vector equals a tuple
             return ("seq", "(", ")", [c for r in rows for c in r])
         return ("seq", "M", "M", [("seq", "M", "M", r) for r in rows])
-    for sep in ("\\cup", ","):
-        if len(parts := _split_top(s, sep)) > 1:
-            return _coll([_parse(p) for p in parts if p])
-    if s.startswith("\\{") and s.endswith("\\}"):
-        return _coll([_parse(p) for p in _split_top(s[2:-2], ",") if p])
+    if len(sides := _split_top(s, "=") if "=" in s else [s]) == 2 and _LABEL_RE.fullmatch(sides[0]):
+        return ("eq", *sides)  # the label names all of the value: (x, y) = (5, 8), (8, 5)
+    if (m := re.fullmatch(r"(.+?)\s*!=\s*(.+)", s)) and _LABEL_RE.fullmatch(m[1]):
+        s = f"(-\\infty,{m[2]})\\cup({m[2]},\\infty)"
+    if len(parts := _split_top(s, "\\cup")) > 1:
+        return ("set", _coll([_parse(p) for p in parts if p])[1])
+    if len(parts := _split_top(s, ",")) > 1 or s[:1] + s[-1:] == "{}" and (parts := _split_top(s[1:-1], ",")):
+        return _coll([_parse(p) for p in parts if p])  # a list, or a set in braces
     if s[:1] in "([" and s[-1:] in ")]" and len(items := _split_top(s[1:-1], ",")) > 1:
         return ("seq", s[0], s[-1], [_parse(p) for p in items])
     if "<" in s or ">" in s:
         return _ineq(s) or ("x", s)
     if m := re.search(r"\\(?:pm|mp)(?![a-zA-Z])", s):
         return _coll([_parse(s[:m.start()] + op + s[m.end():]) for op in "+-"])
-    return ("eq", *sides) if len(sides := _split_top(s, "=")) == 2 else ("x", s)
+    return ("eq", sides[0], sides[-1]) if len(sides) > 1 else ("x", s)
 
 
 def _eq_eq(p, g):
@@ -617,20 +676,38 @@ def _eq_eq(p, g):
     return len(r) >= 2 and abs(r[0]) > 1e-12 and all(abs(x - r[0]) < 1e-15 * abs(r[0]) for x in r)
 
 
+def _values(t):
+    """What an equation gives as the answer: "x = 5" -> [5]; "2 + 3 = 5" -> [2 + 3, 5], each must match; else [t]."""
+    if t[0] == "eq" and _LABEL_RE.fullmatch(t[1]):
+        return [_parse(t[2])]
+    if t[0] == "eq" and (e := _to_sympy(t[1])) is not None and not e.free_symbols:
+        return [("x", t[1]), _parse(t[2])]
+    return [t]
+
+
+def _point(t):  # "x = 5, y = 8" names the point (5, 8)
+    if t[0] == "coll" and t[1] and all(x[0] == "eq" and _LABEL_RE.fullmatch(x[1]) for x in t[1]):
+        return ("seq", "(", ")", [_parse(x[2]) for x in t[1]])
+    return t
+
+
 def _cmp(p, g):
+    if p[0] == g[0] == "eq":  # the same label with equal values, or equivalent equations
+        return p[1].replace(" ", "") == g[1].replace(" ", "") and _cmp(_parse(p[2]), _parse(g[2])) or _eq_eq(p, g)
+    if (ps := _values(p), gs := _values(g)) != ([p], [g]):
+        return all(_cmp(a, b) for a in ps for b in gs)
+    if "set" in (p[0], g[0]):  # a union: item by item, else as sets ([0,1] \cup [1,2] == [0,2])
+        return (_cmp(*[("coll", t[1]) if t[0] == "set" else t for t in (p, g)])
+                or (a := _as_set(p)) is not None and a == _as_set(g))
+    if "seq" in (p[0], g[0]) and (_point(p), _point(g)) != (p, g):
+        return _cmp(_point(p), _point(g))
     if "coll" in (p[0], g[0]):  # unordered: solution lists and sets
         left, gs = list(p[1] if p[0] == "coll" else [p]), g[1] if g[0] == "coll" else [g]
-        for gi in gs if len(left) == len(gs) else ():
+        for gi in gs:
             if (j := next((j for j, pj in enumerate(left) if _cmp(pj, gi)), None)) is None:
                 return False
             del left[j]
         return not left
-    if p[0] == g[0] == "eq":
-        return _eq_eq(p, g)
-    if p[0] == "eq" and _LHS_RE.fullmatch(p[1]):  # "x = 5" vs "5"
-        return _cmp(_parse(p[2]), g)
-    if g[0] == "eq" and _LHS_RE.fullmatch(g[1]):
-        return _cmp(p, _parse(g[2]))
     if p[0] == g[0] == "seq":
         return p[1:3] == g[1:3] and len(p[3]) == len(g[3]) and all(map(_cmp, p[3], g[3]))
     return p[0] == g[0] == "x" and _scalar_eq(p[1], g[1])
@@ -645,10 +722,14 @@ def _fast_equal(pred, gold):
     return None if fp is None or fg is None or "%" in pred + gold else False
 
 
+def _per100(s):  # a percent as a fraction of one; 4 4/9 stays one (mixed) number
+    return str(v / 100) if (v := _to_number(s)) is not None else f"({s})/100"
+
+
 def _math_equal_inner(pred, gold):
     p, g = _norm(pred), _norm(gold)  # a percent sign may also mean /100: 50% == 0.5, either way round
-    return bool(_cmp(_parse(p), _parse(g)) or "%" in gold and _scalar_eq(p, f"({g})/100")
-                or "%" in pred and _scalar_eq(f"({p})/100", g))
+    return bool(_cmp(_parse(p), _parse(g)) or "%" in gold and _scalar_eq(p, _per100(g))
+                or "%" in pred and _scalar_eq(_per100(p), g))
 
 
 # ------------------- math: hard timeout in a forked worker -------------------
@@ -808,16 +889,18 @@ def run_tests(program, tests, timeout=10.0, memory_mb=2048, max_output=1 << 20):
         finally:
             os.close(r)
         out, deadline, fd = bytearray(), time.monotonic() + timeout, proc.stdout.fileno()
-        # Past the output cap the run fails: the marker is printed last.
-        while len(out) <= max_output and (left := deadline - time.monotonic()) > 0:
+        # Read to the end, keeping only the last max_output bytes: debug prints must not fail a correct solution
+        # (nor fill the trainer's memory), and the marker is printed last.
+        while (left := deadline - time.monotonic()) > 0:
             if not select.select([fd], [], [], left)[0] or not (chunk := os.read(fd, 1 << 16)):
                 break
             out += chunk
+            del out[:-max_output]
         with contextlib.suppress(ProcessLookupError):  # everything may have exited already
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the candidate's children too
         proc.wait()
         proc.stdout.close()
-    return len(out) <= max_output and marker in out
+    return marker in out
 
 
 _FENCE_RE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)

@@ -35,6 +35,7 @@ def test_bench_script_runs():
     buf = io.StringIO()
     acc = bench_verify.main(CORPUS[:25], out=buf)
     assert acc >= 0.9 and "median" in buf.getvalue()
+    assert bench_verify.cases(out=buf) == 1.0 and "by class: boxes" in buf.getvalue()
 
 
 @pytest.mark.parametrize("pred,gold,equal", [
@@ -74,7 +75,8 @@ def test_math_equal_none_and_empty():
     ("\\fbox{7}", "7"),
     ("first \\boxed{1} then finally \\boxed{2}", "2"),
     ("<think>maybe \\boxed{3}</think> The answer is \\boxed{4}.", "4"),
-    ("<think>so \\boxed{3}</think> The answer is four.", "3"),
+    ("<think>so \\boxed{3}</think> The answer is four.", "four"),  # the text after </think> says the answer
+    ("<think>so \\boxed{3}</think> Done.", "3"),
     ("roots: \\boxed{1}, \\boxed{2}", "1, 2"),
     ("$\\boxed{1}$ and $\\boxed{-2}$", "1, -2"),
     ("\\boxed{5} \\boxed{5}", "5"),
@@ -85,6 +87,12 @@ def test_math_equal_none_and_empty():
     ("we compute 3 + 4 = 7", None),
     ("truncated \\boxed{1 + ", None),
     ("empty \\boxed{}", None),
+    ("Answer:", None),
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("\\boxed{255} for the first part.\nFinal Answer: The final answer is $10,455$.", "10,455"),
+    ("$\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}$", "k = 45, n = 2"),
+    ("Thus $x <= 2$ is our answer.", "x <= 2"),
+    ("We get $x = 3$.\nLet me check that again.", None),
     ("", None),
 ])
 def test_extract_answer(text, expected):
@@ -93,7 +101,8 @@ def test_extract_answer(text, expected):
 
 def test_verify_math():
     assert verify_math("... so the answer is \\boxed{\\dfrac{1}{2}}", "0.5")
-    assert not verify_math("the answer is 7", "7")
+    assert verify_math("the answer is 7", "7")  # a marker, like "answer:"
+    assert not verify_math("3 + 4 = 7", "7")  # never the last number
     assert not verify_math("\\boxed{8}", "7")
 
 
@@ -212,6 +221,13 @@ def test_printed_fake_success():
 def test_huge_output():
     prog = "while True:\n    print('x' * 10**6)\n"
     assert not _fast(lambda: run_tests(prog, "", timeout=3), 5)
+
+
+def test_long_output_of_a_correct_solution():  # 3 MB of debug lines: kept is only the tail, where the marker is
+    prog = ADD + "for i in range(60000):\n    print('debug line', i, 'x' * 30)\n"
+    assert run_tests(prog, ADD_TESTS, timeout=10)
+    assert run_tests(prog, ADD_TESTS, timeout=10, max_output=4096)
+    assert not run_tests(WRONG_ADD + prog.replace(ADD, ""), ADD_TESTS, timeout=10)
 
 
 def test_memory_bomb():
