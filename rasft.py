@@ -41,9 +41,11 @@ import dataclasses
 import datetime
 import inspect
 import json
+import logging
 import math
 import multiprocessing
 import os
+import pickle
 import random
 import re
 import secrets
@@ -55,6 +57,8 @@ import tempfile
 import threading
 import time
 import tokenize
+import zlib
+from collections import Counter
 from dataclasses import dataclass, fields
 from fractions import Fraction
 from multiprocessing.connection import Pipe
@@ -70,6 +74,10 @@ from torch.utils.checkpoint import checkpoint
 
 # ---------------------------------------------------------------------------------------------------
 # 2. Config: one source of defaults; argparse is generated from it.
+
+
+class UsageError(ValueError):
+    """A mistake a user can fix (a flag, a file, a path); main() prints it as one line and exits with 2."""
 
 
 @dataclass
@@ -89,36 +97,36 @@ class Config:
     entry_field: str = ""              # field with the function name (code items)
     max_items: int = 0                 # use the first N items (0 = all)
     max_len: int = 2048                # tokens, prompt + response; longer items are truncated
-    min_response: int = 32             # tokens; items whose prompt leaves fewer for the response are dropped
-    system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}."
-    code_prompt: str = "Write a complete, self-contained Python solution in a single ```python code block."
+    min_response: int = 16             # tokens; items whose prompt leaves fewer for the response are dropped
+    system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}."  # math items ('' = none)
+    code_prompt: str = "Write a complete, self-contained Python solution in a single ```python code block."  # code items
     # rollouts
     adaptive: bool = True              # rollout-adaptive supervision (off: every item is an expert item with A = 1)
     rollout_backend: str = "auto"      # auto | vllm | hf
     vllm_gpu_memory: float = 0.0       # share of GPU memory for the colocated vLLM engine (0 = 85% of what training leaves)
     rollout_n: int = 3                 # samples per rolled-out prompt
-    temperature: float = 0.9
-    top_p: float = 0.95
+    temperature: float = 0.9           # sampling temperature of rollouts
+    top_p: float = 0.95                # nucleus sampling of rollouts
     max_new_tokens: int = 1024         # per rollout, also bounded by max_len - prompt
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = 1.1    # of rollouts (1 = none)
     refresh_every: int = 32            # optimizer steps between refreshes
     rollout_frac: float = 0.35         # share of pending items rolled out at a refresh
     probe_frac: float = 0.03           # share of the hard pool probed at a refresh (at least one)
     route_chunk: int = 128             # items measured and routed at a time
-    final_refresh: bool = False        # one more refresh (hard-pool probe) before the end
+    rollout_filter: str = "authors"    # authors: their malformed-rollout rules | minimal: an answer and no loop
     # weighting
     q_easy: float = 0.10               # quantile of item loss below which an item is easy
     q_start_low: float = 0.20          # window at the first step
-    q_start_high: float = 0.45
+    q_start_high: float = 0.45         # (upper end)
     q_end_low: float = 0.50            # window at the last step
-    q_end_high: float = 0.75
+    q_end_high: float = 0.75           # (upper end)
     q_hard: float = 0.90               # hard-pool ceiling (authors' code: 0.95)
     r_min: float = 1.0                 # expert reward at difficulty 0
     r_max: float = 3.0                 # expert reward at difficulty 1
     adv_temp: float = 0.4              # A_i = tanh(adv_temp * z_i)
     pos_scale: float = 0.25            # positive rollout: A = pos_scale * clip(A_i * s, pos_min, pos_max)
-    pos_min: float = 0.02
-    pos_max: float = 0.15
+    pos_min: float = 0.02              # (floor)
+    pos_max: float = 0.15              # (cap)
     dup_jaccard: float = 0.82          # word 3-gram Jaccard above which two samples are duplicates
     neg_jaccard: float = 0.88          # negatives this close to a positive are dropped
     neg_target: float = 0.45           # preferred similarity of kept negatives to the positives
@@ -126,8 +134,8 @@ class Config:
     # loss
     loss: str = "rasft"                # rasft | sft | dft | sft_kl | asft | profit
     ratio_clip: bool = True            # rasft: clipped ratio to the reference (off: rho = 1)
-    ratio_low: float = 0.4
-    ratio_high: float = 1.2
+    ratio_low: float = 0.4             # rho is clipped to [ratio_low, ratio_high]
+    ratio_high: float = 1.2            # (upper bound)
     token_weight: bool = True          # rasft: DFT token weight sg[pi(y_t)] (off: 1)
     kl_coef: float = 0.1               # sft_kl, asft
     kl_dir: str = "ref_theta"          # KL(ref||theta) as the authors, or theta_ref as the ASFT paper
@@ -136,34 +144,42 @@ class Config:
     # optim
     batch_size: int = 256              # sequences per optimizer step, all ranks together
     micro_tokens: int = 16384          # padded tokens per forward, per rank (sequences sorted by length)
-    lr: float = 5e-5
-    min_lr: float = 0.0                # cosine schedule ends here
-    warmup: float = 0.03               # share of steps of linear warmup
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    epochs: int = 1
+    lr: float = 5e-5                   # peak learning rate of AdamW
+    min_lr: float = 0.0                # the cosine ends here
+    warmup: float = 0.1                # linear warmup from 0: a share of the horizon if < 1, else steps (rasft: 4)
+    lr_horizon: int = 0                # cosine length in steps, 0 = the run's own (rasft: 1000, as the authors ran it)
+    weight_decay: float = 0.0          # AdamW
+    grad_clip: float = 1.0             # global gradient norm clip
+    epochs: int = 1                    # passes over the data
     max_steps: int = 0                 # stop after this many optimizer steps (0 = whole data)
-    seed: int = 42
+    seed: int = 42                     # every random decision derives from it (and the step)
     # log
     out: str = "out"                   # output folder: metrics.jsonl, checkpoints, final model
     save_every: int = 0                # optimizer steps between checkpoints (0 = only the final model)
     resume: bool = False               # continue from the latest checkpoint in --out
     wandb: str = ""                    # wandb project name ('' = off)
+    keep_ckpts: int = 2                # newest checkpoints kept in --out/ckpt
     demo_warmup: int = 400             # tiny model only: SFT steps from random init before the method starts
-    eval_items: int = 200              # demo: held-out problems evaluated before and after
+    eval_items: int = 0                # items held out of the data (with a target), verified before and after
 
 
-# Defaults for the CPU demo; they apply to --model tiny unless the flag is given.
-DEMO = dict(data="demo", epochs=4, repetition_penalty=1.0, batch_size=64, lr=2e-4, warmup=0.05, max_len=256,
-            min_response=8, max_new_tokens=48, act_ckpt=False, refresh_every=8, route_chunk=64)
+# Defaults of the CPU demo's tiny model, and of its task (--data demo), where the flag is not given. The task's
+# solutions are one-line sums, which the authors' rollout filter (80 characters at least) would drop every one
+# of; and on a byte-level tokenizer the system prompt is most of each sequence, with nothing to learn from it.
+DEMO = dict(epochs=4, repetition_penalty=1.0, batch_size=64, lr=2e-4, act_ckpt=False, refresh_every=8, route_chunk=64)
+DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field="answer", max_len=256,
+                 min_response=8, max_new_tokens=48, rollout_filter="minimal", system_prompt="", eval_items=200)
 
-# The authors' two training sets, and the demo task's fields.
+# The schedule the authors ran for each loss, where it is not Config's (their baselines': 10% warmup, cosine
+# over the run): RASFT's cosine has a 1000-step horizon while its data lasts ~59 steps, so its lr stays ~peak.
+LOSS_DEFAULTS = {"rasft": dict(warmup=4, lr_horizon=1000)}
+
+# The authors' two training sets.
 PRESETS = {
     "numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
                            response_field="response"),
     "kodcode": dict(data="KodCode/KodCode-V1-SFT-R1", prompt_field="question", response_field="r1_solution",
                     tests_field="test_code", entry_field="test_info"),
-    "demo": dict(prompt_field="problem", response_field="solution", answer_field="answer"),
 }
 QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
 
@@ -176,22 +192,45 @@ def parse_args(argv=None):
         if m := re.match(r"    # (\w+)$", line):
             group = p.add_argument_group(m[1])
         elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
-            kind = types[m[1]]
+            kind, demo = types[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
             group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__,
-                               help=f"{m[3] or ''} (default: {m[2]})".replace("%", "%%"))
+                               help=f"{m[3]} (default: {m[2]}{'' if demo is None else f'; demo: {demo!r}'})"
+                               .replace("%", "%%"))
     given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
     cfg = Config(**given)
-    if cfg.model == "tiny":
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in DEMO.items() if k not in given})
     if QWEN_SHORT.match(cfg.model) and not os.path.exists(cfg.model):
         cfg.model = "Qwen/" + cfg.model
     cfg.data = cfg.data or ("demo" if cfg.model == "tiny" else "numina_cot_10k")
-    for k, v in PRESETS.get(cfg.data, {}).items():
-        if k == "data" or k not in given:
-            setattr(cfg, k, v)
-    if cfg.loss not in LOSSES:
-        p.error(f"--loss {cfg.loss}: choose one of {', '.join(LOSSES)}")
+    for defaults in (DEMO if cfg.model == "tiny" else {}, DEMO_TASK if cfg.data == "demo" else {},
+                     LOSS_DEFAULTS.get(cfg.loss, {}), PRESETS.get(cfg.data, {})):
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if k not in given or k == "data"})
+    check(cfg)
     return cfg
+
+
+def check(cfg):
+    """Every flag in its range, in one place: the first that is not ends the run with one line."""
+    ints = "batch_size micro_tokens max_len min_response max_new_tokens rollout_n refresh_every route_chunk epochs " \
+           "logp_chunk keep_ckpts"
+    shares = "rollout_frac probe_frac top_p dup_jaccard neg_jaccard neg_target pos_min pos_max vllm_gpu_memory"
+    rules = [(f, getattr(cfg, f) >= 1, "at least 1") for f in ints.split()]
+    rules += [(f, 0 <= getattr(cfg, f) <= 1, "between 0 and 1") for f in shares.split() + list(QUANTILES.values())]
+    rules += [(f, getattr(cfg, f) >= 0, "0 or more") for f in "max_steps save_every warmup lr_horizon max_items "
+              "eval_items demo_warmup max_neg temperature weight_decay min_lr kl_coef profit_p".split()]
+    rules += [("lr", cfg.lr > 0, "above 0"), ("grad_clip", cfg.grad_clip > 0, "above 0"),
+              ("ratio_low", 0 < cfg.ratio_low < cfg.ratio_high, f"above 0 and below --ratio_high {cfg.ratio_high}"),
+              ("r_min", cfg.r_min <= cfg.r_max, f"at most --r_max {cfg.r_max}"),
+              ("q_start_low", cfg.q_easy <= cfg.q_start_low <= cfg.q_start_high <= cfg.q_hard and cfg.q_end_low <=
+               cfg.q_end_high <= cfg.q_hard, "in order: q_easy <= q_start_low <= q_start_high <= q_hard, "
+               "q_end_low <= q_end_high <= q_hard")]
+    rules += [(f, getattr(cfg, f) in choices, "one of " + ", ".join(choices)) for f, choices in (
+        ("loss", list(LOSSES)), ("kl_dir", ["ref_theta", "theta_ref"]), ("rollout_backend", ["auto", "vllm", "hf"]),
+        ("compile", ["auto", "true", "false"]), ("rollout_filter", ["authors", "minimal"]))]
+    for flag, ok, allowed in rules:
+        if not ok:
+            raise UsageError(f"--{flag} {getattr(cfg, flag)}: must be {allowed}")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UsageError(f"--out {cfg.out} is a file: pass a folder")
 
 
 def _str2bool(s):
@@ -268,6 +307,20 @@ def shard_of(seq):
     return seq[rank() * k:(rank() + 1) * k]
 
 
+def quiet():
+    """Progress bars only on a terminal, and no warnings about other libraries' internals."""
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")  # torch deprecations inside vLLM
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its start-up chatter would bury our lines (set it to see)
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])  # also what it logs before configuring
+    if not sys.stderr.isatty():
+        import transformers
+        transformers.utils.logging.disable_progress_bar()
+        with contextlib.suppress(ImportError):
+            import datasets
+            datasets.disable_progress_bars()
+
+
 def progress(iterable, desc, total=None):
     from tqdm import tqdm
     return tqdm(iterable, desc=desc, total=total, disable=not rank0() or not sys.stderr.isatty(), leave=False)
@@ -277,27 +330,40 @@ def progress(iterable, desc, total=None):
 # 4. Data: rows -> items {prompt, response (token ids), target (gold answer or unit tests)}.
 
 
-class UsageError(ValueError):
-    """Bad input a user can fix; main() prints it as one line."""
-
-
 def load_rows(cfg):
     """Rows as dicts: the demo generator, a local file, or a Hub dataset (both through `datasets`)."""
     if cfg.data == "demo":
         return demo_rows(DEMO_TRAIN, cfg.seed)
-    from datasets import load_dataset
     if os.path.isfile(cfg.data):
-        ext = cfg.data.rsplit(".", 1)[-1]
-        fmt = {"jsonl": "json", "json": "json", "parquet": "parquet"}.get(ext)
-        if fmt is None:
-            raise UsageError(f"{cfg.data}: unknown extension .{ext}; use .jsonl, .json or .parquet")
-        if ext == "jsonl":
-            check_jsonl(cfg.data)
-        return load_dataset(fmt, data_files=cfg.data, split="train")
-    if cfg.data.endswith((".jsonl", ".json", ".parquet")):
-        raise UsageError(f"--data {cfg.data}: no such file")
+        return read_file(cfg.data)
+    from datasets import load_dataset
     files = cfg.data_files.split(",") if cfg.data_files else None
-    return load_dataset(cfg.data, data_files=files, split=cfg.split)
+    return from_hub(load_dataset, cfg.data, "data", data_files=files, split=cfg.split)
+
+
+def read_file(path):
+    """A local .jsonl / .json / .parquet file's rows, through `datasets`; bad input is one line naming the file."""
+    from datasets import load_dataset
+    ext = path.rsplit(".", 1)[-1]
+    if ext not in ("jsonl", "json", "parquet"):
+        raise UsageError(f"{path}: unknown extension .{ext}; use .jsonl, .json or .parquet")
+    if ext == "jsonl":
+        check_jsonl(path)
+    fmt = "parquet" if ext == "parquet" else "json"
+    if os.path.getsize(path) == 0 or not len(rows := load_dataset(fmt, data_files=path, split="train")):
+        raise UsageError(f"{path}: no rows")
+    return rows
+
+
+def from_hub(load, name, flag, **kw):
+    """load(name) for a local path or a Hub id; a missing path, or a Hub that cannot be reached, is one line."""
+    if not os.path.exists(name) and (name.startswith((".", "/", "~")) or name.endswith((".jsonl", ".json", ".parquet"))):
+        raise UsageError(f"--{flag} {name}: no such file or folder")
+    try:
+        return load(name, **kw)
+    except (OSError, ValueError) as e:  # not found, no network, not a model or data set
+        raise UsageError(f"--{flag} {name}: cannot load it ({str(e).strip().splitlines()[0]}); "
+                         "without network, pass a local folder") from None
 
 
 def check_jsonl(path):
@@ -312,15 +378,15 @@ def check_jsonl(path):
                     raise UsageError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
 
 
-def pick_field(cfg_value, row, candidates, what, flag, required=True):
-    """The configured field, else the first candidate present in the row."""
+def pick_field(cfg_value, row, candidates, what, flag, where):
+    """The configured field, else the first candidate present in the row (None if optional and absent)."""
     if cfg_value:
         if cfg_value not in row:
-            raise UsageError(f"--{flag} {cfg_value}: no such field in the data (fields: {', '.join(row)})")
+            raise UsageError(f"{where}: no field {cfg_value!r} (--{flag}); fields: {', '.join(row)}")
         return cfg_value
     found = next((c for c in candidates if c in row), None)
-    if found is None and required:
-        raise UsageError(f"no {what} field found (fields: {', '.join(row)}); name it with --{flag}")
+    if found is None and what:
+        raise UsageError(f"{where}: no {what} field found (fields: {', '.join(row)}); name it with --{flag}")
     return found
 
 
@@ -331,7 +397,7 @@ def target_of(row, f, response):
         entry = row.get(f["entry"]) if f["entry"] else None
         if isinstance(entry, list):  # KodCode's test_info: a list of {function_name, ...}
             entry = entry[0].get("function_name") if entry and isinstance(entry[0], dict) else None
-        return {"tests": tests, "entry": entry}
+        return {"tests": "\n".join(tests) if isinstance(tests, list) else tests, "entry": entry}
     answer = row.get(f["answer"]) if f["answer"] else None
     if isinstance(answer, list):
         answer = ", ".join(map(str, answer))
@@ -339,26 +405,32 @@ def target_of(row, f, response):
     return {"answer": answer} if answer else None
 
 
-def build_items(rows, cfg, tok):
-    """Tokenize with the chat template; loss only on the response, which ends with the end token."""
+def read_rows(rows, cfg, where, need_response=True):
+    """(problem, expert response, target) per row that has them; fields auto-detected or named by flags."""
     first = rows[0] if len(rows) else {}
     f = {"prompt": pick_field(cfg.prompt_field, first, ["problem", "question", "instruction", "prompt", "query"],
-                              "prompt", "prompt_field"),
+                              "prompt", "prompt_field", where),
          "response": pick_field(cfg.response_field, first, ["solution", "response", "output", "completion"],
-                                "response", "response_field"),
-         "answer": pick_field(cfg.answer_field, first, ["answer", "final_answer", "gold"], "", "answer_field", False),
-         "tests": pick_field(cfg.tests_field, first, ["test_code", "test_list", "test"], "", "tests_field", False),
-         "entry": pick_field(cfg.entry_field, first, ["entry_point", "test_info"], "", "entry_field", False)}
+                                "response" if need_response else "", "response_field", where),
+         "answer": pick_field(cfg.answer_field, first, ["answer", "final_answer", "gold"], "", "answer_field", where),
+         "tests": pick_field(cfg.tests_field, first, ["test_code", "test_list", "test"], "", "tests_field", where),
+         "entry": pick_field(cfg.entry_field, first, ["entry_point", "test_info"], "", "entry_field", where)}
     if cfg.max_items:
         rows = rows.select(range(min(cfg.max_items, len(rows)))) if hasattr(rows, "select") else rows[:cfg.max_items]
-    count = dict(rows=len(rows), empty=0, dropped=0, truncated=0, math=0, code=0, no_target=0)
-    texts = []
+    out = []
     for row in rows:
-        prompt, response = row.get(f["prompt"]), row.get(f["response"])
-        if not prompt or not response:
-            count["empty"] += 1
-            continue
-        texts.append((str(prompt), str(response), target_of(row, f, str(response))))
+        p, r = row.get(f["prompt"]), str(row.get(f["response"]) or "")
+        if p and (r or not need_response):
+            out.append((str(p), r, target_of(row, f, r)))
+    return out, len(rows)
+
+
+def build_items(rows, cfg, tok):
+    """Tokenize with the chat template; loss only on the response, which ends with the end token (kept when a
+    long response is cut to max_len). Counts what was cut or skipped, and warns when cuts lose answers."""
+    texts, n_rows = read_rows(rows, cfg, f"--data {cfg.data}")
+    count = dict(rows=n_rows, empty=n_rows - len(texts), dropped=0, truncated=0, lost_answer=0, math=0, code=0,
+                 no_target=0)
     end = end_token_id(tok)
     prompts = tok([prompt_text(tok, p, t and "tests" in t, cfg) for p, _, t in texts], add_special_tokens=False)["input_ids"]
     responses = tok([r for _, r, _ in texts], add_special_tokens=False)["input_ids"]
@@ -368,20 +440,39 @@ def build_items(rows, cfg, tok):
         if room < cfg.min_response:
             count["dropped"] += 1
             continue
-        r_ids = r_ids + [end]
-        if len(r_ids) > room:
+        if len(r_ids) + 1 > room:
             count["truncated"] += 1
-            r_ids = r_ids[:room]
+            r_ids = r_ids[:room - 1]
+            count["lost_answer"] += bool(target and "answer" in target and extract_answer(tok.decode(r_ids)) is None)
         count["code" if target and "tests" in target else "math" if target else "no_target"] += 1
-        items.append({"prompt": p_ids, "response": r_ids, "target": target})
+        items.append({"prompt": p_ids, "response": r_ids + [end], "target": target})
     if not items:
         raise UsageError(f"--data {cfg.data}: no usable items ({count})")
+    print0(f"data {cfg.data}: {len(items)} items of {n_rows} rows | {count['math']} math, {count['code']} code, "
+           f"{count['no_target']} without a target (expert only) | {count['truncated']} cut to --max_len "
+           f"{cfg.max_len} ({count['lost_answer']} of them before their answer), {count['dropped']} dropped (prompt "
+           f"leaves < {cfg.min_response} tokens), {count['empty']} without a prompt or response")
+    if count["lost_answer"] > 0.1 * len(items):
+        longest = max(len(p) + len(r) + 1 for p, r in zip(prompts, responses))
+        print0(f"warning: --max_len {cfg.max_len} cut the final answer off {count['lost_answer']} of {len(items)} "
+               f"expert solutions; the longest item has {longest} tokens: raise --max_len")
     return items, count
 
 
+def held_out(items, cfg, tok):
+    """(training items, held-out items): the demo task's own held-out problems, or eval_items of the data's
+    items with a target, chosen by a hash of the prompt (the same for any seed), which are not trained on."""
+    if cfg.data == "demo" or not cfg.eval_items:
+        return items, demo_heldout(cfg, tok) if cfg.data == "demo" and cfg.eval_items else []
+    with_target = [i for i, it in enumerate(items) if it["target"]]
+    pick = set(sorted(with_target, key=lambda i: zlib.crc32(str(items[i]["prompt"]).encode()))[:cfg.eval_items])
+    print0(f"held out {len(pick)} items to evaluate before and after")
+    return [it for i, it in enumerate(items) if i not in pick], [it for i, it in enumerate(items) if i in pick]
+
+
 def prompt_text(tok, problem, is_code, cfg):
-    messages = [{"role": "system", "content": cfg.code_prompt if is_code else cfg.system_prompt},
-                {"role": "user", "content": problem}]
+    system = cfg.code_prompt if is_code else cfg.system_prompt
+    messages = [{"role": "system", "content": system}] * bool(system) + [{"role": "user", "content": problem}]
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -1008,7 +1099,6 @@ def pick_backend(name):
     if name == "hf":
         return "hf"
     cuda = torch.cuda.is_available()
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its start-up chatter would bury our log lines (set it to see)
     try:
         from vllm.platforms import current_platform as p
         ok, why = p.is_cuda() if cuda else p.is_cpu(), f"its platform is {p.device_type!r}"
@@ -1148,7 +1238,7 @@ def group_advantages(n_samples, n_correct, n_wrong_kept, cfg):
 
 
 def ngrams(text, n=3):
-    w = text.split()
+    w = text.lower().split()
     return {tuple(w[i:i + n]) for i in range(max(len(w) - n + 1, 1))}
 
 
@@ -1156,12 +1246,40 @@ def jaccard(a, b):
     return len(a & b) / max(len(a | b), 1)
 
 
-def is_malformed(text, target):
-    """No final answer (math), or stuck in a loop: few distinct word 3-grams in a long text."""
-    if "answer" in target and extract_answer(text) is None:
-        return True
-    grams, words = ngrams(text), len(text.split())
-    return words >= 60 and len(grams) / (words - 2) < 0.3
+# The authors' rollout filter (their train_RASFT.py): a rollout that breaks a rule is dropped before it is
+# verified; it still counts in k_total, never in k_pos. Phrases are matched in the lowercased text.
+_CORRECTIONS = ("let me correct", "correcting the calculation", "i need to correct", "rechecking", "let's correct",
+                "wait,", "however, this is incorrect", "the previous reasoning was wrong")
+_SHORTCUT_RE = re.compile(r"(?:according to the problem|based on the given information[, ]+we know that|therefore|thus)"
+                          r"[, ]+the correct answer is|the correct answer is\s*[:：]?\s*\\boxed")
+_REASONING = ("=", "therefore", "thus", "hence", "so ", "let ", "we have", "we get", "substitute", "solve")
+
+
+def _repeats(xs):
+    return max(Counter(xs).values(), default=0) >= 3
+
+
+def broken_rule(text, target, cfg):
+    """The first rule of --rollout_filter this rollout breaks, or None. Code rollouts face the loop rules only."""
+    s, low = text.strip(), re.sub(r"\s+", " ", text.strip().lower())
+    if cfg.rollout_filter == "minimal":  # an answer, and no loop: few distinct word 3-grams in a long text
+        words = len(s.split())
+        return ("no answer" if "answer" in target and extract_answer(s) is None else
+                "loop" if words >= 60 and len(ngrams(s)) / (words - 2) < 0.3 else None)
+    m = list(_BOX_RE.finditer(s))
+    box = re.sub(r"\$|\\left|\\right|\\[!,;:]", "", _body(m[-1])).strip(" .,:;!?\t") if m else None
+    words = low.split()
+    rules = {"symbols over 42%": sum(not (c.isalnum() or c.isspace()) for c in s) > 0.42 * max(len(s), 1),
+             "a sentence thrice": _repeats([x.strip() for x in re.split(r"[.\n]", low) if len(x.strip()) >= 12]),
+             "an 8-word run thrice": len(words) >= 30 and _repeats([tuple(words[i:i + 8]) for i in range(len(words) - 7)]),
+             "self-corrections": sum(c in low for c in _CORRECTIONS) >= 2}
+    if "answer" in target:
+        rules.update({"under 80 characters": len(s) < 80, "no boxed answer": box is None,
+                      "shortcut phrase": bool(_SHORTCUT_RE.search(low)),
+                      "short boxed answer": box is not None and len(s) < 180 and bool(
+                          re.fullmatch(r"[A-Da-d①②③④⑤⑥⑦⑧⑨0-9,， ]{1,12}", box)),
+                      "no reasoning word": not any(w in low for w in _REASONING)})
+    return next((name for name, broken in rules.items() if broken), None)
 
 
 def score_group(texts, correct, target, cfg):
@@ -1171,7 +1289,7 @@ def score_group(texts, correct, target, cfg):
     for i in range(len(texts)):
         if all(jaccard(grams[i], grams[j]) < cfg.dup_jaccard for j in kept):
             kept.append(i)
-    ok = [i for i in kept if not is_malformed(texts[i], target)]
+    ok = [i for i in kept if not broken_rule(texts[i], target, cfg)]
     pos = [i for i in ok if correct[i]]
     near = {i: max((jaccard(grams[i], grams[j]) for j in pos), default=0.0) for i in ok if not correct[i]}
     neg = sorted((i for i in near if near[i] < cfg.neg_jaccard), key=lambda i: abs(near[i] - cfg.neg_target))
@@ -1282,7 +1400,7 @@ def load_tokenizer(cfg):
     if cfg.model == "tiny":
         return tiny_tokenizer()
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(cfg.model)
+    tok = from_hub(AutoTokenizer.from_pretrained, cfg.model, "model")
     if not tok.chat_template:
         print0(f"{cfg.model} has no chat template; using ChatML")
         tok.chat_template = CHATML
@@ -1299,7 +1417,7 @@ def load_policy(cfg, tok):
     with torch.device("meta") if rank() > 0 else contextlib.nullcontext():
         if cfg.model == "tiny":
             return tiny_model(tok)
-        config = AutoConfig.from_pretrained(cfg.model)
+        config = from_hub(AutoConfig.from_pretrained, cfg.model, "model")
         if rank() > 0:
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
         else:
@@ -1360,38 +1478,65 @@ def save_hf(model, tok, path):
         dist.barrier()
 
 
+def checkpoints(cfg):
+    """Complete checkpoints in --out/ckpt, newest first (state.pt is written last, and atomically)."""
+    d = os.path.join(cfg.out, "ckpt")
+    steps = sorted((int(n[5:]) for n in os.listdir(d) if re.fullmatch(r"step_\d+", n)), reverse=True) if os.path.isdir(d) else []
+    return [p for s in steps if os.path.exists(os.path.join(p := os.path.join(d, f"step_{s}"), "state.pt"))]
+
+
 def save_checkpoint(scorer, opt, state, cfg):
-    """Sharded model and optimizer (torch.distributed.checkpoint) + the replicated run state."""
+    """Sharded model and optimizer (torch.distributed.checkpoint) + the replicated run state; the newest
+    keep_ckpts are kept."""
+    import shutil
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     path = os.path.join(cfg.out, "ckpt", f"step_{state['step']}")
     model_sd, optim_sd = get_state_dict(scorer.policy, opt)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
     if rank0():
-        torch.save(state, os.path.join(path, "state.pt"))
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
-        with open(os.path.join(cfg.out, "ckpt", "latest"), "w") as f:
-            f.write(os.path.basename(path))  # written last: a checkpoint is complete once named here
+        torch.save(state, os.path.join(path, "state.tmp"))
+        os.replace(os.path.join(path, "state.tmp"), os.path.join(path, "state.pt"))  # complete from here on
+        for old in checkpoints(cfg)[cfg.keep_ckpts:]:
+            shutil.rmtree(old, ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()
 
 
 def load_checkpoint(scorer, opt, cfg):
-    """The run state of the latest complete checkpoint (model and optimizer loaded in place), or None."""
+    """The run state of the newest checkpoint that loads (model and optimizer loaded in place), or None."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    latest = os.path.join(cfg.out, "ckpt", "latest")
-    if not os.path.exists(latest):
-        print0(f"--resume: no checkpoint in {cfg.out}/ckpt; starting from the beginning")
+    for path in checkpoints(cfg):
+        try:
+            state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # torn: take the one before
+            print0(f"--resume: skipping {path} ({type(e).__name__})")
+            continue
+        model_sd, optim_sd = get_state_dict(scorer.policy, opt)
+        sd = {"model": model_sd, "optim": optim_sd}
+        dcp.load(sd, checkpoint_id=path)
+        set_state_dict(scorer.policy, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        print0(f"resumed from {path}")
+        return state
+    print0(f"--resume: no checkpoint in {cfg.out}/ckpt; starting from the beginning")
+    return None
+
+
+def open_metrics(cfg, state):
+    """metrics.jsonl of this run: a fresh run starts it anew; a resumed one keeps the records of the steps
+    its checkpoint holds and drops those after (they run again)."""
+    if not rank0():
         return None
-    path = os.path.join(cfg.out, "ckpt", open(latest).read().strip())
-    model_sd, optim_sd = get_state_dict(scorer.policy, opt)
-    sd = {"model": model_sd, "optim": optim_sd}
-    dcp.load(sd, checkpoint_id=path)
-    set_state_dict(scorer.policy, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-    print0(f"resumed from {path}")
-    return torch.load(os.path.join(path, "state.pt"), weights_only=False)
+    path, kept = os.path.join(cfg.out, "metrics.jsonl"), []
+    if cfg.resume and os.path.exists(path):
+        records = [json.loads(line) for line in open(path) if line.strip()]
+        kept = [r for r in records if r["step"] < state["step"] or r["step"] == state["step"] and "loss" in r]
+    log = open(path, "w")
+    log.writelines(json.dumps(r) + "\n" for r in kept)
+    return log
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1516,11 +1661,14 @@ def train_step(scorer, opt, batch, items, cfg, device):
 
 
 def lr_at(step, total, cfg):
-    warm = math.ceil(cfg.warmup * total)
+    """Linear warmup from 0, then a cosine to min_lr over lr_horizon steps (0: the run's `total`): the authors'
+    schedules (transformers' get_cosine_schedule_with_warmup, whose first step has lr 0)."""
+    horizon = cfg.lr_horizon or total
+    warm = int(cfg.warmup) if cfg.warmup >= 1 else math.ceil(cfg.warmup * horizon)
     if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress_ = (step - warm) / max(total - warm, 1)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress_, 1.0)))
+        return cfg.lr * step / warm
+    done = min((step - warm) / max(horizon - warm, 1), 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * done))
 
 
 def new_state(items, cfg):
@@ -1588,7 +1736,7 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
     queue, hard, th, rec = state["queue"], state["hard"], state["thresholds"], state["records"]
     pending, state["pending"] = state["pending"], []
     rng.shuffle(pending)
-    n_roll = round(cfg.rollout_frac * len(pending))
+    n_roll = min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))
     chosen = pending[:n_roll]
     queue += [expert(i, 1.0, state) for i in pending[n_roll:]]
     low, _ = window_at(state["step"], state["total"], th)
@@ -1599,8 +1747,7 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
             del hard[i]
             queue.append(expert(i, 1.0, state))
         elif -lp <= th["hard_ceiling"]:
-            del hard[i]
-            chosen.append(i)
+            chosen.append(i)  # it leaves the pool once its rollouts make a group with signal
         else:
             hard[i] += 1
     engine.load_weights(full_params(scorer.policy))
@@ -1611,9 +1758,12 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
         n, pos, n_neg = score_group(texts, correct, items[i]["target"], cfg)
         adv = group_advantages(n, len(pos), n_neg, cfg)
         n_correct, n_samples = n_correct + sum(correct), n_samples + len(correct)
-        rec[i].update(rollouts=len(correct), distinct=n, correct=len(pos), pass_rate=round(len(pos) / max(n, 1), 3),
+        rec[i].update(rollouts=len(correct), distinct=n, correct=len(pos), negatives=n_neg,
+                      pass_rate=round(len(pos) / max(n, 1), 3),
                       expert_adv=round(adv[0], 4) if adv else 1.0, rollout_adv=[round(a, 4) for a in adv[1]] if adv else [])
         queue.append(expert(i, adv[0] if adv else 1.0, state))
+        if adv:
+            hard.pop(i, None)
         new += [{"item": i, "response": list(toks[j]), "adv": a} for j, a in zip(pos, adv[1] if adv else [])]
     for s, lp in zip(new, measure(scorer, new, items, "ref", cfg, device)):
         s["ref_logp"] = lp
@@ -1625,25 +1775,24 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
 
 
 def refresh_due(state, cfg, dry):
-    """Every refresh_every steps (if anything waits for rollouts or probes), whenever the queue runs dry
-    with items pending, and with --final_refresh once more at the end (a last probe of the hard pool)."""
-    if state["step"] and state["step"] % cfg.refresh_every == 0 and (state["pending"] or state["hard"]):
-        return True
-    return dry and bool(state["pending"] or (cfg.final_refresh and state["hard"] and not state.get("final_done")))
+    """With items pending: every refresh_every steps, and whenever the queue runs dry."""
+    return bool(state["pending"]) and (dry or state["step"] > 0 and state["step"] % cfg.refresh_every == 0)
 
 
 def train(cfg):
-    """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (demo)."""
+    """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (or None)."""
     device = setup_dist()
     torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out, exist_ok=True)
+    if checkpoints(cfg) and not cfg.resume:
+        raise UsageError(f"--out {cfg.out} holds checkpoints of an earlier run: --resume true continues it, "
+                         "another --out starts a new one")
     tok = load_tokenizer(cfg)
-    items, count = build_items(load_rows(cfg), cfg, tok)
-    print0(f"data {cfg.data}: {len(items)} items of {count['rows']} rows | {count['math']} math, {count['code']} code, "
-           f"{count['no_target']} without a target (expert only) | {count['truncated']} truncated, "
-           f"{count['dropped']} dropped (prompt leaves < {cfg.min_response} tokens), {count['empty']} empty")
-    adaptive = cfg.adaptive and cfg.loss == "rasft"
     policy = load_policy(cfg, tok)
+    if cfg.max_len > (context := policy.config.max_position_embeddings):
+        print0(f"--max_len {cfg.max_len} is longer than {cfg.model}'s context: using {context}")
+        cfg = dataclasses.replace(cfg, max_len=context)
+    items, heldout = held_out(build_items(load_rows(cfg), cfg, tok)[0], cfg, tok)
+    adaptive = cfg.adaptive and cfg.loss == "rasft"
     ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32) \
         if adaptive or cfg.loss in KL_LOSSES else None
     if cfg.act_ckpt:
@@ -1651,9 +1800,9 @@ def train(cfg):
     policy.train()
     scorer = shard(Scorer(policy, ref, cfg.logp_chunk), device, cfg.compile == "true" or
                    cfg.compile == "auto" and device.type == "cuda")
-    heldout = demo_heldout(cfg, tok) if cfg.data == "demo" else None
     engine = make_engine(scorer, tok, cfg, device) if adaptive or heldout else None
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    os.makedirs(cfg.out, exist_ok=True)
     state = load_checkpoint(scorer, opt, cfg) if cfg.resume else None
     acc0 = evaluate(engine, scorer, heldout, tok, cfg) if heldout and state is None else None
     if state is None:
@@ -1664,9 +1813,7 @@ def train(cfg):
             if adaptive:
                 state["thresholds"] = calibrate([-x for x in state["ref_logp"]], cfg)
                 print0("calibration: " + " | ".join(f"{k} {v:.3f}" for k, v in state["thresholds"].items()))
-    log = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank0() else None
-    run = wandb_run(cfg)
-    t_start = time.time()
+    log, run, t_start, first = open_metrics(cfg, state), wandb_run(cfg), time.time(), state["step"]
     while not (cfg.max_steps and state["step"] >= cfg.max_steps):
         # 1. route: measure and route chunks until the queue holds a global batch
         while len(state["queue"]) < cfg.batch_size and state["cursor"] < len(state["order"]):
@@ -1675,7 +1822,6 @@ def train(cfg):
         step, queue = state["step"], state["queue"]
         dry = len(queue) < cfg.batch_size and state["cursor"] == len(state["order"])
         if adaptive and refresh_due(state, cfg, dry):
-            state["final_done"] = dry
             r = refresh(state, scorer, engine, items, tok, cfg, device)
             print0(f"refresh @ step {step} | pending {r['pending']} | rolled out {r['rolled_out']} | probed {r['probed']} | "
                    f"pass {r['pass']:.2f} | correct rollouts queued {r['queued_rollouts']} | hard pool {r['hard_pool']} | "
@@ -1708,7 +1854,7 @@ def train(cfg):
         emit(log, run, m)
         if cfg.save_every and state["step"] % cfg.save_every == 0:
             save_checkpoint(scorer, opt, state, cfg)
-    print0(f"trained {state['step']} steps in {time.time() - t_start:.0f} s")
+    print0(f"trained {state['step'] - first} steps in {time.time() - t_start:.0f} s (to step {state['step']})")
     if log:
         log.close()
     if run:
@@ -1780,7 +1926,7 @@ def evaluate(engine, scorer, rows, tok, cfg):
     acc = [0.0]
     if rank0():
         texts = tok.batch_decode([g[0] for g in gens], skip_special_tokens=True)
-        acc = [sum(verify_math(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)]
+        acc = [sum(verify_all([(t, r["target"]) for t, r in zip(texts, rows)])) / len(rows)]
     if dist.is_initialized():
         dist.broadcast_object_list(acc)
     return acc[0]
@@ -1824,7 +1970,6 @@ def tiny_model(tok):
 def demo_rows(n, seed, heldout=False):
     """'Compute 8+7-4.' -> '8+7=15. 15-4=11. \\boxed{11}'. One problem in ten (by a hash of
     its text) is held out, so the training and held-out sets never share a problem."""
-    import zlib
     rng, rows, seen = random.Random(seed), [], set()
     while len(rows) < n:
         a, b, c = (rng.randint(1, 9) for _ in range(3))
@@ -1843,30 +1988,39 @@ def demo_rows(n, seed, heldout=False):
 def demo_heldout(cfg, tok):
     rows = demo_rows(cfg.eval_items, seed=12345, heldout=True)
     return [{"prompt": tok(prompt_text(tok, r["problem"], False, cfg), add_special_tokens=False)["input_ids"],
-             "answer": r["answer"]} for r in rows]
+             "target": {"answer": r["answer"]}} for r in rows]
 
 
 def warm_up(cfg):
     """The method starts from a model that solves some problems: warm the random tiny model up with
-    plain SFT (on other problems of the task), then point cfg at the result."""
-    epochs = math.ceil(cfg.demo_warmup * cfg.batch_size / (cfg.max_items or DEMO_TRAIN))
-    warm = dataclasses.replace(cfg, loss="sft", adaptive=False, max_steps=cfg.demo_warmup, epochs=epochs, seed=cfg.seed + 1,
-                               lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, warmup=0.0,
+    plain SFT (on other problems of the task), then point cfg at the result. A resumed run reuses it."""
+    steps = min(cfg.demo_warmup, cfg.max_steps or cfg.demo_warmup)
+    warm = dataclasses.replace(cfg, loss="sft", adaptive=False, max_steps=steps, epochs=steps, seed=cfg.seed + 1,
+                               lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, warmup=0.0, lr_horizon=0,
                                out=os.path.join(cfg.out, "warmup"), save_every=0, resume=False)
-    print0(f"== demo warm-up: {cfg.demo_warmup} steps of plain SFT from random weights -> {warm.out}")
-    train(warm)
+    if cfg.resume and os.path.exists(os.path.join(warm.out, "tokenizer_config.json")):  # save_hf writes it last
+        print0(f"== demo warm-up: reusing the finished one in {warm.out}")
+    else:
+        print0(f"== demo warm-up: {steps} steps of plain SFT from random weights -> {warm.out}")
+        train(warm)
     print0(f"== {cfg.loss} from the warmed-up model -> {cfg.out}")
     return dataclasses.replace(cfg, model=warm.out)
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
+    quiet()
     try:
+        cfg = parse_args(argv)
+        if cfg.model == "tiny" and not torch.cuda.is_available():
+            # The tiny model gains little from a second thread, and idle OMP threads spin: on a 2-core machine
+            # with one core busy, two threads made every step 8x slower. One thread also makes the printed
+            # numbers independent of the machine's core count.
+            torch.set_num_threads(1)
         if cfg.model == "tiny" and cfg.demo_warmup:
             cfg = warm_up(cfg)
         return train(cfg)
     except UsageError as e:
-        print0(f"error: {e}")
+        print0(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
         close_vllm()  # first: vLLM's teardown uses the process group (and then destroys it)

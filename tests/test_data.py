@@ -45,6 +45,16 @@ def test_truncate_and_drop(tmp_path):
     (items, count), cfg = items_from(tmp_path, rows, "--max_len", "200", "--min_response", "16")
     assert count["truncated"] == 1 and count["dropped"] == 1 and len(items) == 4
     assert all(len(it["prompt"]) + len(it["response"]) <= 200 for it in items)
+    end = rasft.end_token_id(rasft.tiny_tokenizer())
+    assert all(it["response"][-1] == end for it in items)  # a cut response keeps its end token, as the authors'
+
+
+@needs_datasets
+def test_cuts_that_lose_the_answer_are_counted_and_warned_about(tmp_path, capsys):
+    rows = [{"instruction": "Add them.", "response": "We add. " * 40 + "\\boxed{7}"}] * 3 + ROWS[:1]
+    (items, count), _ = items_from(tmp_path, rows, "--max_len", "200")
+    assert count["truncated"] == 3 and count["lost_answer"] == 3
+    assert "--max_len 200 cut the final answer off 3 of 4 expert solutions" in capsys.readouterr().out
 
 
 @needs_datasets
@@ -58,15 +68,17 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
 
 @needs_datasets
 def test_missing_field_says_which_flag(tmp_path):
-    with pytest.raises(rasft.UsageError, match=r"--prompt_field question: no such field.*instruction"):
+    with pytest.raises(rasft.UsageError, match=r"d.jsonl: no field 'question' \(--prompt_field\); fields: instruction"):
         items_from(tmp_path, ROWS, "--prompt_field", "question")
+    with pytest.raises(rasft.UsageError, match=r"d.jsonl: no response field found .*; name it with --response_field"):
+        items_from(tmp_path, [{"instruction": "hi", "answer": "1"}], "--response_field", "")
 
 
 @needs_datasets
 def test_main_prints_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rasft.main(["--out", str(tmp_path), "--demo_warmup", "0", "--data", str(tmp_path / "missing.jsonl")])
-    assert "no such file" in capsys.readouterr().out
+    assert "no such file" in capsys.readouterr().err
 
 
 @needs_datasets

@@ -1,6 +1,7 @@
 """The training loop on the tiny model: it learns, it is split-invariant, it saves and resumes."""
 import dataclasses
 import json
+import os
 import re
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import rasft
-from conftest import small_cfg
+from conftest import needs_datasets, small_cfg
 
 
 def metrics(path):
@@ -68,7 +69,7 @@ def test_length_sorted_token_budget_micro_batches_do_not_change_the_gradient(tmp
     # sequences of different lengths and advantages, so a per-micro-batch mean would differ
     batch = [{"item": i, "response": None if i % 3 else items[i]["response"][:5 + i], "adv": 0.5 + 0.1 * i,
               "ref_logp": -4.0 - 0.05 * i} for i in range(7)]
-    budgets = {1: 7, 500: 3, 10_000: 1}  # micro_tokens -> micro-batches it makes of this batch
+    budgets = {1: 7, 150: 3, 10_000: 1}  # micro_tokens -> micro-batches it makes of this batch
     assert {t: len(rasft.micro_batches(batch, items, dataclasses.replace(cfg, micro_tokens=t))) for t in budgets} == budgets
     expected = unsorted_delta(cfg, tok, batch, items)
     for t in budgets:
@@ -124,7 +125,8 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     import check_resume
     r = check_resume.main(["--out", str(tmp_path)])
     assert r["resumed_vs_straight"] == 0.0
-    assert r["steps_logged"] == [1, 2, 3, 4, 4, 5, 6, 7]  # step 4 ran, died before its checkpoint, and ran again
+    # step 4 ran, died before its checkpoint, and ran again: its first record is gone from metrics.jsonl
+    assert r["steps_logged"] == [1, 2, 3, 4, 5, 6, 7]
 
 
 class ScriptedEngine:
@@ -141,8 +143,12 @@ class ScriptedEngine:
         for p in prompts:
             expr = re.search(r"Compute (\d+[+-]\d+[+-]\d+)\.", self.tok.decode(p)).group(1)
             value = eval(expr)
-            texts = [f"{expr}={value}. \\boxed{{{value}}}"] + [f"guess number {k} is {value + k} \\boxed{{{value + k}}}"
-                                                             for k in range(1, n)]
+            # long enough, with reasoning words, to pass the authors' rollout filter; the guesses worded apart
+            texts = [f"We compute {expr} from left to right, one operation at a time, and write every partial result "
+                     f"down so that nothing is lost on the way. Therefore {expr} = {value}. \\boxed{{{value}}}"] + [
+                f"Guess {k}: no working needed{', really' * k}, the result must be about {value + k} because it looks "
+                f"like it when we squint at the digits for a while and trust the feeling. So we get \\boxed{{{value + k}}}"
+                for k in range(1, n)]
             out.append([self.tok(t)["input_ids"] + [rasft.end_token_id(self.tok)] for t in texts])
         return out
 
@@ -161,7 +167,7 @@ def test_refresh_trains_verified_rollouts_with_their_advantages(tmp_path, monkey
     assert rollouts
     for s in rollouts:
         r = records[s["item"]]
-        expert_adv, pos = rasft.group_advantages(r["distinct"], r["correct"], r["rollouts"] - r["correct"], cfg)
+        expert_adv, pos = rasft.group_advantages(r["distinct"], r["correct"], r["negatives"], cfg)
         assert s["adv"] == pytest.approx(pos[0]) and r["expert_adv"] == pytest.approx(expert_adv, abs=1e-4)
         experts = [x for x in seen if x["item"] == s["item"] and x["response"] is None]
         assert any(x["adv"] == pytest.approx(expert_adv) for x in experts)
@@ -179,3 +185,37 @@ def test_demo_pipeline_warm_up_then_each_loss(tmp_path):
     assert [r[0] for r in rows] == ["sft", "rasft"]
     assert all(0 <= r[1]["before"] <= 1 and 0 <= r[1]["after"] <= 1 for r in rows)
     assert (tmp_path / "warmup" / "model.safetensors").exists() and (tmp_path / "rasft" / "solvability.jsonl").exists()
+
+
+def test_checkpoints_keep_the_newest_and_a_torn_one_falls_back(tmp_path, capsys):
+    args = ["--max_items", "64", "--refresh_every", "2", "--save_every", "2", "--keep_ckpts", "2"]
+    rasft.train(small_cfg(tmp_path, *args, "--max_steps", "6"))
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_4", "step_6"]
+    (tmp_path / "ckpt" / "step_6" / "state.pt").write_bytes(b"torn")
+    capsys.readouterr()
+    rasft.train(small_cfg(tmp_path, *args, "--max_steps", "7", "--resume", "true"))
+    out = capsys.readouterr().out
+    assert "skipping" in out and f"resumed from {tmp_path / 'ckpt' / 'step_4'}" in out and "trained 3 steps" in out
+
+
+def test_a_resumed_demo_reuses_its_finished_warm_up(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--rollout_backend", "hf", "--demo_warmup", "3", "--max_items", "32",
+            "--batch_size", "8", "--eval_items", "4", "--max_steps", "2"]
+    rasft.main(args)
+    assert "3 steps of plain SFT" not in capsys.readouterr().out  # --max_steps caps the warm-up too
+    rasft.main(args + ["--resume", "true"])
+    assert "reusing the finished one" in capsys.readouterr().out
+
+
+@needs_datasets
+def test_held_out_items_of_own_data_are_verified_before_and_after(tmp_path, capsys):
+    rows = [{"question": f"What is {a}+{b}?", "solution": f"{a}+{b}={a + b}. \\boxed{{{a + b}}}"}
+            for a in range(1, 9) for b in range(1, 6)]
+    path = tmp_path / "own.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    acc = rasft.main(["--data", str(path), "--out", str(tmp_path / "out"), "--rollout_backend", "hf",
+                      "--demo_warmup", "0", "--batch_size", "8", "--eval_items", "6", "--max_steps", "2",
+                      "--max_new_tokens", "16"])
+    out = capsys.readouterr().out
+    assert "held out 6 items" in out and "data " in out and "held-out accuracy: " in out
+    assert 0 <= acc["before"] <= 1 and 0 <= acc["after"] <= 1

@@ -73,7 +73,7 @@ def test_score_group_dedups_drops_malformed_and_keeps_negatives():
              "no final answer here at all",                                 # malformed
              "wrong wrong wrong \\boxed{7}"]
     correct = [True, True, False, False, False]
-    n, pos, n_neg = rasft.score_group(texts, correct, target, CFG)
+    n, pos, n_neg = rasft.score_group(texts, correct, target, dataclasses.replace(CFG, rollout_filter="minimal"))
     assert (n, pos, n_neg) == (4, [0], 2)
 
 
@@ -83,11 +83,14 @@ def test_score_group_drops_negatives_that_copy_a_positive():
     texts = [base + " \\boxed{5}", base + " \\boxed{6}"]
     sim = rasft.jaccard(rasft.ngrams(texts[0]), rasft.ngrams(texts[1]))
     assert CFG.neg_jaccard <= sim < 0.95
-    cfg = dataclasses.replace(CFG, dup_jaccard=0.95)  # at the default 0.82 the near copy is already a duplicate
+    # at the default 0.82 the near copy is already a duplicate
+    cfg = dataclasses.replace(CFG, dup_jaccard=0.95, rollout_filter="minimal")
     n, pos, n_neg = rasft.score_group(texts, [True, False], target, cfg)
     assert (n, pos, n_neg) == (2, [0], 0)
 
 
-def test_degenerate_loop_is_malformed():
-    assert rasft.is_malformed("and then " * 50 + "\\boxed{3}", {"answer": "3"})
-    assert not rasft.is_malformed("short and fine \\boxed{3}", {"answer": "3"})
+def test_minimal_filter_drops_loops_and_answerless_rollouts_only():
+    cfg = dataclasses.replace(CFG, rollout_filter="minimal")
+    assert rasft.broken_rule("and then " * 50 + "\\boxed{3}", {"answer": "3"}, cfg) == "loop"
+    assert rasft.broken_rule("no final answer here", {"answer": "3"}, cfg) == "no answer"
+    assert rasft.broken_rule("short and fine \\boxed{3}", {"answer": "3"}, cfg) is None
