@@ -21,13 +21,12 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 import rasft
 
 GEN_CHUNK = 128     # prompts per generate() call: one progress step, and still a full batch for vLLM
-GRADE_CHUNK = 512   # math samples per verify_many() call
+GRADE_CHUNK = 512   # samples per verify_all() call: one progress step
 DEMO_PROBLEMS, DEMO_SEED = 200, 12345  # the held-out set the CPU demo reports (rasft.demo_heldout)
 ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
           "\n\n### Instruction:\n{input}\n\n### Response:\n")
@@ -59,7 +58,7 @@ def humaneval_item(i, r):
     helper functions) followed by the model's code, then the tests and check(entry_point)."""
     return {"id": r["task_id"],
             "problem": f"Complete the following Python function.\n\n{fence(r['prompt'])}",
-            "target": {"prefix": r["prompt"], "tests": f"{r['test']}\n\ncheck({r['entry_point']})\n"},
+            "target": {"prefix": r["prompt"] + "\n", "tests": f"{r['test']}\n\ncheck({r['entry_point']})\n"},
             "reference": fence(r["prompt"] + r["canonical_solution"])}
 
 
@@ -67,7 +66,7 @@ def mbpp_item(i, r):
     """The task text plus its first test, so the function's name and signature are known."""
     return {"id": r["task_id"],
             "problem": f"{r['prompt']}\nYour code should pass this test:\n{r['test_list'][0]}",
-            "target": {"prefix": "", "tests": "\n".join(r["test_imports"] + r["test_list"]) + "\n"},
+            "target": {"tests": "\n".join(r["test_imports"] + r["test_list"]) + "\n"},
             "reference": fence(r["code"])}
 
 
@@ -104,9 +103,7 @@ def load_rows(name, data_dir):
     b = BENCHMARKS[name]
     if name == "demo":
         return rasft.demo_rows(DEMO_PROBLEMS, DEMO_SEED, heldout=True)
-    from datasets import disable_progress_bars, load_dataset
-    if not sys.stderr.isatty():
-        disable_progress_bars()
+    from datasets import load_dataset
     if data_dir:
         path = os.path.join(data_dir, b.file)
         if not os.path.isfile(path):
@@ -116,7 +113,19 @@ def load_rows(name, data_dir):
     return [row for config in b.configs for row in load_dataset(b.hub, config, split=b.split)]
 
 
-def load_items(name, data_dir, limit=0):
+def load_items(name, data_dir, limit=0, fields=None):
+    """A benchmark's items, or a user's own file's (any name ending in .jsonl, .json or .parquet): fields found as
+    in training (or named by --prompt_field and the like); a gold answer (else the last \\boxed{} of a response),
+    or unit tests."""
+    if name.endswith((".jsonl", ".json", ".parquet")):
+        if not os.path.isfile(name):
+            raise rasft.UsageError(f"--benchmarks {name}: no such file")
+        texts, _ = rasft.read_rows(rasft.read_file(name), fields or rasft.Config(), name, need_response=False)
+        items = [{"id": k, "problem": p, "target": t, "reference": r or f"\\boxed{{{t.get('answer', '')}}}"}
+                 for k, (p, r, t) in enumerate(texts) if t]
+        if len(items) < len(texts):
+            print(f"{name}: {len(texts) - len(items)} of {len(texts)} rows have no answer or tests: skipped")
+        return items[:limit or None]
     rows = load_rows(name, data_dir)
     return [BENCHMARKS[name].item(i, row) for i, row in enumerate(rows[:limit or None])]
 
@@ -169,26 +178,14 @@ def make_backend(args, benches):
 # Grading and metrics.
 
 
-def run_code(target, completion):
-    return rasft.run_tests(target["prefix"] + "\n" + rasft.extract_code(completion), target["tests"])
-
-
-def verdicts(items, samples, workers):
-    """((item index, completion), correct) for each distinct sample: math in batches through verify_many
-    (hard timeouts), code in parallel sandboxes."""
-    maths = [(k, c) for k, c in samples if not is_code(items[k])]
-    for i in range(0, len(maths), GRADE_CHUNK):
-        part = maths[i:i + GRADE_CHUNK]
-        yield from zip(part, rasft.verify_many([(c, items[k]["target"]["answer"]) for k, c in part], workers=workers))
-    code = [(k, c) for k, c in samples if is_code(items[k])]
-    with ThreadPoolExecutor(workers) as pool:
-        yield from zip(code, pool.map(lambda s: run_code(items[s[0]]["target"], s[1]), code))
-
-
-def grade(items, completions, desc, workers=None):
-    """Per item, a correct flag per completion. Identical completions of a problem are graded once."""
+def grade(items, completions, desc):
+    """Per item, a correct flag per completion (rasft.verify_all: math under hard timeouts, code in sandboxes).
+    Identical completions of a problem are graded once."""
     samples = list(dict.fromkeys((k, c) for k, cs in enumerate(completions) for c in cs))
-    ok = dict(rasft.progress(verdicts(items, samples, workers or os.cpu_count()), f"{desc}: grade", len(samples)))
+    ok = {}
+    for i in rasft.progress(range(0, len(samples), GRADE_CHUNK), f"{desc}: grade"):
+        part = samples[i:i + GRADE_CHUNK]
+        ok.update(zip(part, rasft.verify_all([(c, items[k]["target"]) for k, c in part])))
     return [[bool(ok[k, c]) for c in cs] for k, cs in enumerate(completions)]
 
 
@@ -234,7 +231,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="", help="the model: rasft.py's output folder, a local path or a Hub id")
-    p.add_argument("--benchmarks", default=",".join(PAPER), help=f"comma separated, from: {', '.join(BENCHMARKS)}")
+    p.add_argument("--benchmarks", default=",".join(PAPER),
+                   help=f"comma separated, from: {', '.join(BENCHMARKS)}; or your own .jsonl/.json/.parquet file")
     p.add_argument("--n", type=int, default=16, help="samples per problem")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_p", type=float, default=1.0)
@@ -246,11 +244,13 @@ def parse_args(argv=None):
                    help="read local copies in the Hub schema: <dir>/math500.jsonl, ..., <dir>/mbpp_sanitized.jsonl")
     p.add_argument("--out", default="", help="output folder (default: <model>/eval, or out/eval)")
     p.add_argument("--seed", type=int, default=0)
+    for field in ("prompt", "response", "answer", "tests", "entry"):
+        p.add_argument(f"--{field}_field", default="", help=f"own file: the {field} field (default: auto-detected)")
     p.add_argument("--prompt", default="chat", choices=["chat", "alpaca"],
                    help="chat: the training prompt (chat template + system prompt); alpaca: the authors' evaluation prompt")
     args = p.parse_args(argv)
     args.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
+    unknown = [b for b in args.benchmarks if b not in BENCHMARKS and not b.endswith((".jsonl", ".json", ".parquet"))]
     if unknown:
         p.error(f"--benchmarks: unknown {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     if not args.model and args.backend != "oracle":
@@ -262,9 +262,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    rasft.quiet()
     args = parse_args(argv)
     try:
-        benches = {name: load_items(name, args.data_dir, args.limit) for name in args.benchmarks}
+        fields = rasft.Config(**{f"{k}_field": getattr(args, f"{k}_field") for k in ("prompt", "response", "answer",
+                                                                                    "tests", "entry")})
+        benches = {name: load_items(name, args.data_dir, args.limit, fields) for name in args.benchmarks}
     except rasft.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -277,7 +280,8 @@ def main(argv=None):
         correct = grade(items, completions, name)
         results[name] = {"problems": len(items), "samples": len(items) * args.n, **metrics(correct, args.n),
                          "time_s": time.time() - t0}
-        write_samples(os.path.join(args.out, f"{name}.jsonl"), items, completions, correct)
+        write_samples(os.path.join(args.out, f"{os.path.basename(name).rsplit('.', 1)[0]}.jsonl"), items, completions,
+                      correct)
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)
         print(f"{name}: avg@{args.n} {100 * results[name]['avg']:.1f}% ({time.time() - t0:.0f} s)", flush=True)

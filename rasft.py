@@ -1006,16 +1006,17 @@ def extract_code(completion):
     return completion.rsplit("```", 1)[1].split("\n", 1)[-1] if "```" in completion else completion
 
 
-def verify_code(completion, tests, entry_point=None, timeout=10.0):
+def verify_code(completion, tests, entry_point=None, prefix="", timeout=10.0):
+    """The completion's code, after prefix (HumanEval: the prompt's signature and imports), against the tests."""
     if entry_point and re.search(r"^def check\(", tests, re.M):
         tests = f"{tests}\n\ncheck({entry_point})\n"
-    return run_tests(extract_code(completion), tests, timeout)
+    return run_tests(prefix + extract_code(completion), tests, timeout)
 
 
 def verify(completion, target):
-    """One rollout against its item's target (gold answer or unit tests)."""
+    """One completion against its item's target: a gold answer, or unit tests (with an entry point, a prefix)."""
     if "tests" in target:
-        return verify_code(completion, target["tests"], target.get("entry"))
+        return verify_code(completion, target["tests"], target.get("entry"), target.get("prefix", ""))
     return verify_math(completion, target["answer"])
 
 

@@ -133,3 +133,32 @@ def test_tiny_model_end_to_end_vllm(tmp_path, tiny_dir):
     run_ = subprocess.run([sys.executable, ev.__file__, *args], env=env, capture_output=True, text=True, timeout=600)
     assert run_.returncode == 0, run_.stderr[-3000:]
     check_demo_run(tmp_path, json.loads((tmp_path / "out" / "results.json").read_text())["results"])
+
+
+@needs_datasets
+def test_own_file_math_and_code_with_fields_found_as_in_training(tmp_path, capsys):
+    math_rows = [{"question": "What is 2+3?", "answer": "5"}, {"question": "Half of 9?", "final_answer": "4.5"},
+                 {"question": "No gold here."}]
+    code_rows = [{"prompt": "Write add(a, b).", "solution": "```python\ndef add(a, b):\n    return a + b\n```",
+                  "test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"}]
+    mpath, cpath = tmp_path / "mine.jsonl", tmp_path / "code.jsonl"
+    mpath.write_text("".join(json.dumps(r) + "\n" for r in math_rows[:1] + math_rows[2:]))
+    cpath.write_text("".join(json.dumps(r) + "\n" for r in code_rows))
+    res = run(tmp_path, "--backend", "oracle", "--benchmarks", f"{mpath},{cpath}", "--n", "2")
+    assert "1 of 2 rows have no answer or tests: skipped" in capsys.readouterr().out
+    assert res[str(mpath)]["problems"] == 1 and res[str(mpath)]["avg"] == 1.0
+    assert res[str(cpath)]["problems"] == 1 and res[str(cpath)]["avg"] == 1.0  # its solution passes its tests
+    assert (tmp_path / "out" / "mine.jsonl").exists() and (tmp_path / "out" / "code.jsonl").exists()
+    (tmp_path / "f.jsonl").write_text(json.dumps({"problem": "1+1?", "gold_value": "2"}) + "\n")
+    res = run(tmp_path, "--backend", "oracle", "--benchmarks", str(tmp_path / "f.jsonl"), "--answer_field", "gold_value")
+    assert res[str(tmp_path / "f.jsonl")]["avg"] == 1.0
+
+
+def test_alpaca_prompt_is_the_authors_template(tmp_path, tiny_dir, monkeypatch):
+    seen = []
+    monkeypatch.setattr(ev.Sampler, "complete", lambda self, items, n, desc: seen.append(
+        self.tok.decode(self.prompt_ids(items[0]))) or [["\\boxed{0}"] * n for _ in items])
+    run(tmp_path, "--model", tiny_dir, "--backend", "hf", "--benchmarks", "demo", "--limit", "1", "--n", "1",
+        "--prompt", "alpaca")
+    assert seen[0].startswith("Below is an instruction that describes a task.") and "### Response:\n" in seen[0]
+    assert "<|im_start|>" not in seen[0]
