@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import datetime
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -168,7 +169,7 @@ class Config:
 # of; and on a byte-level tokenizer the system prompt is most of each sequence, with nothing to learn from it.
 DEMO = dict(epochs=4, repetition_penalty=1.0, batch_size=64, lr=2e-4, act_ckpt=False, refresh_every=8, route_chunk=64)
 DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field="answer", max_len=256,
-                 min_response=8, max_new_tokens=48, rollout_filter="minimal", system_prompt="", eval_items=200)
+                 min_response=8, max_new_tokens=64, rollout_filter="minimal", system_prompt="", eval_items=200)
 
 # The schedule the authors ran for each loss, where it is not Config's (their baselines': 10% warmup, cosine
 # over the run): RASFT's cosine has a 1000-step horizon while its data lasts ~59 steps, so its lr stays ~peak.
@@ -201,7 +202,7 @@ def parse_args(argv=None):
     if QWEN_SHORT.match(cfg.model) and not os.path.exists(cfg.model):
         cfg.model = "Qwen/" + cfg.model
     cfg.data = cfg.data or ("demo" if cfg.model == "tiny" else "numina_cot_10k")
-    for defaults in (DEMO if cfg.model == "tiny" else {}, DEMO_TASK if cfg.data == "demo" else {},
+    for defaults in (DEMO if cfg.model == "tiny" else {}, DEMO_TASK if cfg.data in ("demo", "demo_shift") else {},
                      LOSS_DEFAULTS.get(cfg.loss, {}), PRESETS.get(cfg.data, {})):
         cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if k not in given or k == "data"})
     check(cfg)
@@ -332,8 +333,8 @@ def progress(iterable, desc, total=None):
 
 def load_rows(cfg):
     """Rows as dicts: the demo generator, a local file, or a Hub dataset (both through `datasets`)."""
-    if cfg.data == "demo":
-        return demo_rows(DEMO_TRAIN, cfg.seed)
+    if cfg.data in ("demo", "demo_shift"):
+        return demo_task(cfg, heldout=False)
     if os.path.isfile(cfg.data):
         return read_file(cfg.data)
     from datasets import load_dataset
@@ -462,8 +463,8 @@ def build_items(rows, cfg, tok):
 def held_out(items, cfg, tok):
     """(training items, held-out items): the demo task's own held-out problems, or eval_items of the data's
     items with a target, chosen by a hash of the prompt (the same for any seed), which are not trained on."""
-    if cfg.data == "demo" or not cfg.eval_items:
-        return items, demo_heldout(cfg, tok) if cfg.data == "demo" and cfg.eval_items else []
+    if cfg.data in ("demo", "demo_shift") or not cfg.eval_items:
+        return items, demo_heldout(cfg, tok) if cfg.data in ("demo", "demo_shift") and cfg.eval_items else []
     with_target = [i for i, it in enumerate(items) if it["target"]]
     pick = set(sorted(with_target, key=lambda i: zlib.crc32(str(items[i]["prompt"]).encode()))[:cfg.eval_items])
     print0(f"held out {len(pick)} items to evaluate before and after")
@@ -1805,7 +1806,7 @@ def train(cfg):
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out, exist_ok=True)
     state = load_checkpoint(scorer, opt, cfg) if cfg.resume else None
-    acc0 = evaluate(engine, scorer, heldout, tok, cfg) if heldout and state is None else None
+    acc0 = evaluate(engine, scorer, heldout, tok, cfg)[0] if heldout and state is None else None
     if state is None:
         state = new_state(items, cfg)
         if cfg.loss == "rasft":  # at step 0 the policy is the reference: one pass gives both terms
@@ -1866,9 +1867,11 @@ def train(cfg):
             for i in sorted(state["records"]):
                 f.write(json.dumps({"item": i, **state["records"][i]}) + "\n")
     if heldout:
-        acc = evaluate(engine, scorer, heldout, tok, cfg)
-        print0(f"held-out accuracy: {'' if acc0 is None else f'{100 * acc0:.1f}% before -> '}{100 * acc:.1f}% after")
-        return {"before": acc0, "after": acc}
+        acc, texts = evaluate(engine, scorer, heldout, tok, cfg)
+        for g in acc if len(acc) > 2 else ["all"]:  # per group where there are several
+            print0(f"held-out accuracy{'' if g == 'all' else f' ({g})'}: "
+                   f"{'' if acc0 is None else f'{100 * acc0[g]:.1f}% before -> '}{100 * acc[g]:.1f}% after")
+        return {"before": acc0, "after": acc, "completions": texts}
     return None
 
 
@@ -1921,16 +1924,20 @@ def open_engine(path, tok, backend="auto", device=None, max_len=4096, gpu_memory
 
 
 def evaluate(engine, scorer, rows, tok, cfg):
-    """Greedy held-out accuracy of the current policy, verified (rank 0 generates, everyone gets the number)."""
+    """Greedy held-out accuracy of the current policy, verified, overall and per group of rows (where they have
+    one), and the completions. Rank 0 generates; every rank gets the result."""
     engine.load_weights(full_params(scorer.policy))
     gens = engine.generate([r["prompt"] for r in rows] if rank0() else [], n=1, max_tokens=cfg.max_new_tokens)
-    acc = [0.0]
+    out = [None]
     if rank0():
         texts = tok.batch_decode([g[0] for g in gens], skip_special_tokens=True)
-        acc = [sum(verify_all([(t, r["target"]) for t, r in zip(texts, rows)])) / len(rows)]
+        ok = verify_all([(t, r["target"]) for t, r in zip(texts, rows)])
+        groups = {"all": ok} | {g: [k for k, r in zip(ok, rows) if r.get("group") == g] for g in
+                                sorted({r["group"] for r in rows if "group" in r})}
+        out = [({g: sum(v) / len(v) for g, v in groups.items()}, texts)]
     if dist.is_initialized():
-        dist.broadcast_object_list(acc)
-    return acc[0]
+        dist.broadcast_object_list(out)
+    return out[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1940,7 +1947,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 DEMO_WARMUP_LR = 2e-3  # from random weights; the method then fine-tunes at the 10x lower demo lr: a fresh
 # Adam at the warm-up's lr moves every weight by ~lr in its first steps and costs half the accuracy
-DEMO_TRAIN = 2400  # training problems of the demo task (of the 2916 there are, one in ten held out)
+DEMO_TRAIN = 1900  # training problems of the demo task (of the 2916 there are, one in three held out)
 
 
 def tiny_tokenizer():
@@ -1968,35 +1975,48 @@ def tiny_model(tok):
     return model
 
 
-def demo_rows(n, seed, heldout=False):
-    """'Compute 8+7-4.' -> '8+7=15. 15-4=11. \\boxed{11}'. One problem in ten (by a hash of
-    its text) is held out, so the training and held-out sets never share a problem."""
-    rng, rows, seen = random.Random(seed), [], set()
-    while len(rows) < n:
-        a, b, c = (rng.randint(1, 9) for _ in range(3))
-        o1, o2 = rng.choice("+-"), rng.choice("+-")
-        problem = f"Compute {a}{o1}{b}{o2}{c}."
-        if (zlib.crc32(problem.encode()) % 10 == 0) != heldout or problem in seen:
-            continue
-        seen.add(problem)
-        ab = a + b if o1 == "+" else a - b
-        abc = ab + c if o2 == "+" else ab - c
-        rows.append({"problem": problem, "solution": f"{a}{o1}{b}={ab}. {ab}{o2}{c}={abc}. \\boxed{{{abc}}}",
-                     "answer": str(abc)})
+def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
+    """n problems of `numbers` one-digit numbers, solved in the running style, 'Compute 8+7-4.' -> '8+7=15.
+    15-4=11. \\boxed{11}', or in the grouped style, '-> Plus: 8+7=15. Minus: 4=4. 15-4=11. \\boxed{11}'. One
+    problem in three (by a hash of its text) is held out: training and held-out sets never share a problem."""
+    pool = [(xs, ops) for xs in itertools.product(range(1, 10), repeat=numbers)
+            for ops in itertools.product("+-", repeat=numbers - 1)]
+    pool = [(f"Compute {xs[0]}" + "".join(map("".join, zip(ops, map(str, xs[1:])))) + ".", xs, ops) for xs, ops in pool]
+    pool = [p for p in pool if (zlib.crc32(p[0].encode()) % 3 == 0) == heldout]
+    rows = []
+    for problem, xs, ops in random.Random(seed).sample(pool, min(n, len(pool))):
+        steps, total = [], xs[0]
+        for op, x in zip(ops, xs[1:]):
+            steps.append(f"{total}{op}{x}={(total := total + x if op == '+' else total - x)}.")
+        if style == "grouped":
+            plus, minus = [xs[0]] + [x for op, x in zip(ops, xs[1:]) if op == "+"], [x for op, x in zip(ops, xs[1:]) if op == "-"]
+            steps = [f"Plus: {'+'.join(map(str, plus))}={sum(plus)}.", f"Minus: {'+'.join(map(str, minus or [0]))}="
+                     f"{sum(minus)}.", f"{sum(plus)}-{sum(minus)}={total}."]
+        rows.append({"problem": problem, "solution": " ".join(steps) + f" \\boxed{{{total}}}", "answer": str(total),
+                     "group": f"{numbers} numbers"})
     return rows
 
 
+def demo_task(cfg, heldout):
+    """The demo's rows: running-style 3-number sums; demo_shift: half 3-number sums (which the warmed-up policy
+    solves in its running style) and half 4-number sums, both written in the grouped style."""
+    k = cfg.eval_items if heldout else DEMO_TRAIN
+    seed = 12345 if heldout else cfg.seed
+    if cfg.data == "demo":
+        return demo_rows(k, seed, heldout)
+    return [r for numbers in (3, 4) for r in demo_rows(k // 2, seed + numbers, heldout, numbers, "grouped")]
+
+
 def demo_heldout(cfg, tok):
-    rows = demo_rows(cfg.eval_items, seed=12345, heldout=True)
     return [{"prompt": tok(prompt_text(tok, r["problem"], False, cfg), add_special_tokens=False)["input_ids"],
-             "target": {"answer": r["answer"]}} for r in rows]
+             "target": {"answer": r["answer"]}, "group": r["group"]} for r in demo_task(cfg, heldout=True)]
 
 
 def warm_up(cfg):
     """The method starts from a model that solves some problems: warm the random tiny model up with
     plain SFT (on other problems of the task), then point cfg at the result. A resumed run reuses it."""
     steps = min(cfg.demo_warmup, cfg.max_steps or cfg.demo_warmup)
-    warm = dataclasses.replace(cfg, loss="sft", adaptive=False, max_steps=steps, epochs=steps, seed=cfg.seed + 1,
+    warm = dataclasses.replace(cfg, data="demo", loss="sft", adaptive=False, max_steps=steps, epochs=steps, seed=cfg.seed + 1,
                                lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, warmup=0.0, lr_horizon=0,
                                out=os.path.join(cfg.out, "warmup"), save_every=0, resume=False)
     if cfg.resume and os.path.exists(os.path.join(warm.out, "tokenizer_config.json")):  # save_hf writes it last

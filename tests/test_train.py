@@ -175,16 +175,22 @@ def test_refresh_trains_verified_rollouts_with_their_advantages(tmp_path, monkey
     assert len({s["item"] for s in seen if s["response"] is None}) == 96  # every item trained as an expert
 
 
-def test_demo_pipeline_warm_up_then_each_loss(tmp_path):
-    """python rasft.py's path (warm-up from random weights, save, reload, the method) at a tiny budget,
-    through the side-by-side demo benchmark."""
+def test_demo_bench_runs_each_loss_per_seed_from_one_warm_up(tmp_path, capsys):
+    """python rasft.py's path (warm-up from random weights, save, reload, the method) at a tiny budget, through
+    the side-by-side benchmark, on the task where expert and policy write differently."""
     import bench_demo
-    rows = bench_demo.main(["--losses", "sft,rasft", "--out", str(tmp_path), "--rollout_backend", "hf",
-                            "--demo_warmup", "3", "--max_items", "32",
-                            "--batch_size", "16", "--eval_items", "4", "--refresh_every", "1"])
-    assert [r[0] for r in rows] == ["sft", "rasft"]
-    assert all(0 <= r[1]["before"] <= 1 and 0 <= r[1]["after"] <= 1 for r in rows)
-    assert (tmp_path / "warmup" / "model.safetensors").exists() and (tmp_path / "rasft" / "solvability.jsonl").exists()
+    res = bench_demo.main(["--data", "demo_shift", "--seeds", "2", "--runs", "sft", "rasft --ratio_clip false",
+                           "--out", str(tmp_path), "--eval_items", "8", "--rollout_backend", "hf", "--demo_warmup", "3",
+                           "--max_items", "32", "--batch_size", "16", "--refresh_every", "1"])
+    assert list(res) == ["sft", "rasft --ratio_clip false"] and all(len(r) == 2 for r in res.values())
+    for r in [r for rs in res.values() for r in rs]:
+        assert set(r["after"]) == {"all", "3 numbers", "4 numbers"} and len(r["completions"]) == 8
+        assert all(0 <= v <= 1 for v in (*r["before"].values(), *r["after"].values(), r["running"]))
+    out = capsys.readouterr().out
+    assert out.count("demo warm-up: 3 steps") == 2 and out.count("reusing the finished one") == 2  # one per seed
+    assert "| rasft --ratio_clip false | 4 numbers |" in out and "one problem = 12.50 points" in out
+    assert (tmp_path / "seed_42" / "warmup" / "model.safetensors").exists()
+    assert (tmp_path / "seed_43" / "rasft_--ratio_clip_false" / "solvability.jsonl").exists()
 
 
 def test_checkpoints_keep_the_newest_and_a_torn_one_falls_back(tmp_path, capsys):
