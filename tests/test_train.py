@@ -224,4 +224,4 @@ def test_held_out_items_of_own_data_are_verified_before_and_after(tmp_path, caps
                       "--max_new_tokens", "16"])
     out = capsys.readouterr().out
     assert "held out 6 items" in out and "data " in out and "held-out accuracy: " in out
-    assert 0 <= acc["before"] <= 1 and 0 <= acc["after"] <= 1
+    assert 0 <= acc["before"]["all"] <= 1 and 0 <= acc["after"]["all"] <= 1 and len(acc["completions"]) == 6
