@@ -123,3 +123,20 @@ def test_demo_heldout_is_disjoint_from_training():
     assert not train & held
     row = rasft.demo_rows(1, 0)[0]
     assert rasft.verify_math(row["solution"], row["answer"])
+
+
+def test_demo_shift_writes_the_same_sums_another_valid_way():
+    for numbers in (3, 4):
+        running, grouped = rasft.demo_rows(300, 5, numbers=numbers), rasft.demo_rows(300, 5, numbers=numbers,
+                                                                                       style="grouped")
+        assert [r["problem"] for r in running] == [r["problem"] for r in grouped]
+        for a, b in zip(running, grouped):
+            assert a["answer"] == b["answer"] == str(eval(a["problem"][8:-1]))  # noqa: S307 -- our own digits
+            assert rasft.verify_math(a["solution"], a["answer"]) and rasft.verify_math(b["solution"], b["answer"])
+            assert "Plus:" in b["solution"] and "Plus:" not in a["solution"] and a["problem"].count("+") + \
+                a["problem"].count("-") == numbers - 1
+    cfg = rasft.parse_args(["--data", "demo_shift", "--eval_items", "100"])
+    held = rasft.demo_task(cfg, heldout=True)
+    assert [r["group"] for r in held].count("4 numbers") == 50 and all("Plus:" in r["solution"] for r in held)
+    assert not {r["problem"] for r in held} & {r["problem"] for r in rasft.demo_task(cfg, heldout=False)}
+    assert len(rasft.demo_rows(10_000, 0, heldout=True)) == 938  # all there are: one problem in three
