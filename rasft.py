@@ -90,7 +90,7 @@ class Config:
     act_ckpt: bool = True              # activation checkpointing of decoder layers
     compile: str = "auto"              # torch.compile each decoder layer: auto (on GPUs) | true | false
     # data
-    data: str = ""                     # Hub dataset id, local .jsonl/.json/.parquet, a preset (numina_cot_10k, kodcode) or 'demo'; '' = demo for tiny, else numina_cot_10k
+    data: str = ""                     # Hub dataset id, local .jsonl/.json/.parquet, a preset (numina_cot_10k, kodcode), 'demo' or 'demo_shift'; '' = demo for tiny, else numina_cot_10k
     data_files: str = ""               # file(s) inside a Hub dataset, comma separated
     split: str = "train"               # dataset split
     prompt_field: str = ""             # field with the problem ('' = preset or auto-detect)
@@ -99,7 +99,7 @@ class Config:
     tests_field: str = ""              # field with unit tests (code items)
     entry_field: str = ""              # field with the function name (code items)
     max_items: int = 0                 # use the first N items (0 = all)
-    max_len: int = 2048                # tokens, prompt + response; longer items are truncated
+    max_len: int = 2048                # tokens, prompt + response; longer responses are cut (their end token kept)
     min_response: int = 16             # tokens; items whose prompt leaves fewer for the response are dropped
     system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}."  # math items ('' = none)
     code_prompt: str = "Write a complete, self-contained Python solution in a single ```python code block."  # code items
