@@ -279,10 +279,10 @@ def main(argv=None):
         fields = rasft.Config(**{f"{k}_field": getattr(args, f"{k}_field") for k in ("prompt", "response", "answer",
                                                                                     "tests", "entry")})
         benches = {name: load_items(name, args.data_dir, args.limit, fields) for name in args.benchmarks}
+        backend = make_backend(args, benches)
     except rasft.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    backend = make_backend(args, benches)
     os.makedirs(args.out, exist_ok=True)
     results = {}
     for name, items in benches.items():

@@ -103,6 +103,9 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, "--backend", "oracle", "--data_dir", str(tmp_path), "--benchmarks", "mbpp")
     assert f"no file {tmp_path / 'mbpp_sanitized.jsonl'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--model", str(tmp_path / "no_such_model"), "--benchmarks", "demo")
+    assert capsys.readouterr().err.strip() == f"error: --model {tmp_path / 'no_such_model'}: no such file or folder"
 
 
 @pytest.fixture(scope="module")
