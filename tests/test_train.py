@@ -208,7 +208,7 @@ def test_a_resumed_demo_reuses_its_finished_warm_up(tmp_path, capsys):
     args = ["--out", str(tmp_path), "--rollout_backend", "hf", "--demo_warmup", "3", "--max_items", "32",
             "--batch_size", "8", "--eval_items", "4", "--max_steps", "2"]
     rasft.main(args)
-    assert "3 steps of plain SFT" not in capsys.readouterr().out  # --max_steps caps the warm-up too
+    assert "demo warm-up: 2 steps of plain SFT" in capsys.readouterr().out  # --max_steps caps the warm-up too
     rasft.main(args + ["--resume", "true"])
     assert "reusing the finished one" in capsys.readouterr().out
 
