@@ -177,8 +177,7 @@ DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field
 # over the run): RASFT's cosine has a 1000-step horizon while its data lasts ~59 steps, so its lr stays ~peak.
 LOSS_DEFAULTS = {"rasft": dict(warmup=4, lr_horizon=1000)}
 
-# The authors' two training sets.
-PRESETS = {
+PRESETS = {  # the authors' two training sets
     "numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
                            response_field="response"),
     "kodcode": dict(data="KodCode/KodCode-V1-SFT-R1", prompt_field="question", response_field="r1_solution",
@@ -257,7 +256,10 @@ def setup_dist():
                         f"set --nproc_per_node to at most {torch.cuda.device_count()}")
     for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
         os.environ.setdefault(k, v)
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    import socket
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -265,13 +267,6 @@ def setup_dist():
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=1),
                             device_id=device if cuda else None)
     return device
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank0():
@@ -369,12 +364,11 @@ def check_jsonl(path):
     """`datasets` reports a bad line deep inside pyarrow; say which file and line instead."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    if not isinstance(json.loads(line), dict):
-                        raise ValueError("not a JSON object")
-                except ValueError as e:
-                    raise UsageError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
+            try:
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                raise UsageError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
 
 
 def pick_field(cfg_value, row, candidates, what, flag, where):
