@@ -1396,25 +1396,21 @@ def load_policy(cfg, tok):
         if cfg.model == "tiny":
             return tiny_model(tok)
         config = from_hub(AutoConfig.from_pretrained, cfg.model, "model")
-        if rank() > 0:
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-        else:
-            model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")
+        kw = dict(dtype=torch.float32, attn_implementation="sdpa")
+        model = (AutoModelForCausalLM.from_config(config, **kw) if rank() > 0
+                 else AutoModelForCausalLM.from_pretrained(cfg.model, **kw))
     model.save_dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))  # saved as it came
     return model
 
 
 def frozen_copy(model, dtype):
     import copy
-    ref = copy.deepcopy(model).to(dtype).eval()
-    ref.requires_grad_(False)
-    return ref
+    return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
 
 
 def shard(scorer, device, compile_layers=False):
-    """FSDP2: each decoder layer (compiled first, if asked), then the root, on every GPU run and every
-    multi-rank run; bf16 compute and fp32 gradient reduction on GPUs. Rank 0 holds the weights and
-    broadcasts them into the shards. A single process on a CPU keeps the module as it is."""
+    """FSDP2 on every GPU run and every multi-rank run: each decoder layer (compiled first, if asked), then the
+    root; bf16 compute and fp32 gradient reduction on GPUs; rank 0's weights are broadcast into the shards."""
     layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
     for layer in layers if compile_layers else []:
         layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
@@ -1464,8 +1460,7 @@ def checkpoints(cfg):
 
 
 def save_checkpoint(scorer, opt, state, cfg):
-    """Sharded model and optimizer (torch.distributed.checkpoint) + the replicated run state; the newest
-    keep_ckpts are kept."""
+    """Sharded model and optimizer (torch.distributed.checkpoint) and the run state; keeps the newest keep_ckpts."""
     import shutil
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -1494,9 +1489,8 @@ def load_checkpoint(scorer, opt, cfg):
             print0(f"--resume: skipping {path} ({type(e).__name__})")
             continue
         model_sd, optim_sd = get_state_dict(scorer.policy, opt)
-        sd = {"model": model_sd, "optim": optim_sd}
-        dcp.load(sd, checkpoint_id=path)
-        set_state_dict(scorer.policy, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)  # in place
+        set_state_dict(scorer.policy, opt, model_state_dict=model_sd, optim_state_dict=optim_sd)
         print0(f"resumed from {path}")
         return state
     print0(f"--resume: no checkpoint in {cfg.out}/ckpt; starting from the beginning")
