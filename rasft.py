@@ -1572,8 +1572,7 @@ def micro_batches(samples, items, cfg):
                 plan[-1].append(i)
             else:
                 plan.append([i])
-    n = max(map(len, plans))
-    return plans[rank()] + [[] for _ in range(n - len(plans[rank()]))]
+    return plans[rank()] + [[] for _ in range(max(map(len, plans)) - len(plans[rank()]))]
 
 
 def autocast(device):
@@ -1648,11 +1647,10 @@ def route_chunk(state, scorer, items, cfg, device, adaptive):
     if not adaptive:
         state["queue"] += [expert(i, 1.0, state) for i in ids]
         return
-    th = state["thresholds"]
-    low, high = window_at(state["step"], state["total"], th)
+    low, high = window_at(state["step"], state["total"], state["thresholds"])
     logps = measure(scorer, [expert(i, 1.0, state) for i in ids], items, "policy", cfg, device)
     for i, lp in zip(ids, logps):
-        r = route(-lp, low, high, th) if items[i]["target"] else "other"
+        r = route(-lp, low, high, state["thresholds"]) if items[i]["target"] else "other"
         state["records"].setdefault(i, {}).update(route=r, loss=round(-lp, 4))
         if r == "pending":
             state["pending"].append(i)
@@ -1699,7 +1697,7 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
     n_roll = min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))
     chosen = pending[:n_roll]
     queue += [expert(i, 1.0, state) for i in pending[n_roll:]]
-    low, _ = window_at(state["step"], state["total"], th)
+    low, high = window_at(state["step"], state["total"], th)
     probes = rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard)))) if hard else []
     for i, lp in zip(probes, measure(scorer, [expert(i, 1.0, state) for i in probes], items, "policy", cfg, device)):
         rec[i]["probes"] = rec[i].get("probes", 0) + 1
@@ -1730,7 +1728,7 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
     queue += new
     state["last"] = {"event": "refresh", "step": state["step"], "pending": len(pending), "rolled_out": len(chosen),
                      "probed": len(probes), "pass": n_correct / max(n_samples, 1), "queued_rollouts": len(new),
-                     "hard_pool": len(hard), "low": low, "high": window_at(state["step"], state["total"], th)[1]}
+                     "hard_pool": len(hard), "low": low, "high": high}
     return state["last"]
 
 
@@ -1773,7 +1771,8 @@ def train(cfg):
             if adaptive:
                 state["thresholds"] = calibrate([-x for x in state["ref_logp"]], cfg)
                 print0("calibration: " + " | ".join(f"{k} {v:.3f}" for k, v in state["thresholds"].items()))
-    log, run, t_start, first = open_metrics(cfg, state), wandb_run(cfg), time.time(), state["step"]
+    log, t_start, first = open_metrics(cfg, state), time.time(), state["step"]
+    run = __import__("wandb").init(project=cfg.wandb, config=dataclasses.asdict(cfg)) if cfg.wandb and rank0() else None
     while not (cfg.max_steps and state["step"] >= cfg.max_steps):
         # 1. route: measure and route chunks until the queue holds a global batch
         while len(state["queue"]) < cfg.batch_size and state["cursor"] < len(state["order"]):
@@ -1792,10 +1791,8 @@ def train(cfg):
             state["hard"] = {}
         if not queue:
             break
-        remaining = len(queue) + len(state["order"]) - state["cursor"] + len(state["pending"]) + len(state["hard"])
-        state["total"] = max(state["total"], step + math.ceil(remaining / cfg.batch_size))
-        if cfg.max_steps:
-            state["total"] = min(state["total"], cfg.max_steps)
+        left = len(queue) + len(state["order"]) - state["cursor"] + len(state["pending"]) + len(state["hard"])
+        state["total"] = min(max(state["total"], step + math.ceil(left / cfg.batch_size)), cfg.max_steps or math.inf)
         # 3. step
         batch, state["queue"] = queue[:cfg.batch_size], queue[cfg.batch_size:]
         lr = lr_at(step, state["total"], cfg)
@@ -1822,8 +1819,7 @@ def train(cfg):
     save_hf(scorer.policy, tok, cfg.out)
     if rank0() and state["records"]:
         with open(os.path.join(cfg.out, "solvability.jsonl"), "w") as f:
-            for i in sorted(state["records"]):
-                f.write(json.dumps({"item": i, **state["records"][i]}) + "\n")
+            f.writelines(json.dumps({"item": i, **state["records"][i]}) + "\n" for i in sorted(state["records"]))
     if heldout:
         acc, texts = evaluate(engine, scorer, heldout, tok, cfg)
         for g in acc if len(acc) > 2 else ["all"]:  # per group where there are several
@@ -1839,13 +1835,6 @@ def emit(log, run, record):
         log.flush()
     if run:
         run.log(record)
-
-
-def wandb_run(cfg):
-    if not (cfg.wandb and rank0()):
-        return None
-    import wandb
-    return wandb.init(project=cfg.wandb, config=dataclasses.asdict(cfg))
 
 
 def make_engine(scorer, tok, cfg, device):
@@ -1948,8 +1937,7 @@ def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
 def demo_task(cfg, heldout):
     """The demo's rows: running-style 3-number sums; demo_shift: half 3-number sums (which the warmed-up policy
     solves in its running style) and half 4-number sums, both written in the grouped style."""
-    k = cfg.eval_items if heldout else DEMO_TRAIN
-    seed = 12345 if heldout else cfg.seed
+    k, seed = (cfg.eval_items, 12345) if heldout else (DEMO_TRAIN, cfg.seed)
     if cfg.data == "demo":
         return demo_rows(k, seed, heldout)
     return [r for numbers in (3, 4) for r in demo_rows(k // 2, seed + numbers, heldout, numbers, "grouped")]
@@ -1981,9 +1969,8 @@ def main(argv=None):
     try:
         cfg = parse_args(argv)
         if cfg.model == "tiny" and not torch.cuda.is_available():
-            # The tiny model gains little from a second thread, and idle OMP threads spin: on a 2-core machine
-            # with one core busy, two threads made every step 8x slower. One thread also makes the printed
-            # numbers independent of the machine's core count.
+            # A second thread gains the tiny model little, and idle OMP threads spin (2 made every step 8x slower on
+            # a 2-core machine with one core busy); one thread also makes the printed numbers the same on any machine.
             torch.set_num_threads(1)
         if cfg.model == "tiny" and cfg.demo_warmup:
             cfg = warm_up(cfg)
