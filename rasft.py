@@ -401,13 +401,11 @@ def target_of(row, f, response):
 def read_rows(rows, cfg, where, need_response=True):
     """(problem, expert response, target) per row that has them; fields auto-detected or named by flags."""
     first = rows[0] if len(rows) else {}
-    f = {"prompt": pick_field(cfg.prompt_field, first, ["problem", "question", "instruction", "prompt", "query"],
-                              "prompt", "prompt_field", where),
-         "response": pick_field(cfg.response_field, first, ["solution", "response", "output", "completion"],
-                                "response" if need_response else "", "response_field", where),
-         "answer": pick_field(cfg.answer_field, first, ["answer", "final_answer", "gold"], "", "answer_field", where),
-         "tests": pick_field(cfg.tests_field, first, ["test_code", "test_list", "test"], "", "tests_field", where),
-         "entry": pick_field(cfg.entry_field, first, ["entry_point", "test_info"], "", "entry_field", where)}
+    need = {"prompt": "prompt", "response": "response" if need_response else ""}  # the others are optional
+    f = {k: pick_field(getattr(cfg, f"{k}_field"), first, names.split(), need.get(k, ""), f"{k}_field", where)
+         for k, names in (("prompt", "problem question instruction prompt query"),
+                          ("response", "solution response output completion"), ("answer", "answer final_answer gold"),
+                          ("tests", "test_code test_list test"), ("entry", "entry_point test_info"))}
     if cfg.max_items:
         rows = rows.select(range(min(cfg.max_items, len(rows)))) if hasattr(rows, "select") else rows[:cfg.max_items]
     out = []
@@ -1420,9 +1418,8 @@ def shard(scorer, device, compile_layers=False):
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     full = scorer.state_dict() if rank0() else {}
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
-    for layer in layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(scorer, mp_policy=mp)
+    for module in layers + [scorer]:  # each decoder layer, then the root
+        fully_shard(module, mp_policy=mp)
     if not rank0():
         scorer.to_empty(device=device)
     set_model_state_dict(scorer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
