@@ -62,9 +62,7 @@ import time
 import tokenize
 import zlib
 from collections import Counter
-from dataclasses import dataclass, fields
 from fractions import Fraction
-from multiprocessing.connection import Pipe
 
 import sympy
 import torch
@@ -72,7 +70,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr, rationalize,
                                         standard_transformations)
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,7 +80,7 @@ class UsageError(ValueError):
     """A mistake a user can fix (a flag, a file, a path); main() prints it as one line and exits with 2."""
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
     # model
     model: str = "tiny"                # Hub id, local path, short Qwen name (Qwen2.5-7B), or 'tiny' (demo model built in code)
@@ -189,7 +186,7 @@ QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
 def parse_args(argv=None):
     """argparse from the Config fields: every flag, its type, default and help come from there."""
     p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1])
-    group, types = p, {f.name: f.type for f in fields(Config)}
+    group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
     for line in inspect.getsource(Config).splitlines():  # groups and help text are the comments in Config
         if m := re.match(r"    # (\w+)$", line):
             group = p.add_argument_group(m[1])
@@ -818,7 +815,7 @@ def _math_equal_inner(pred, gold):
 # sympy can hang and SIGALRM cannot interrupt C code or run off the main thread, so the symbolic part runs in a
 # forked child, SIGKILLed on overrun. Fork (not spawn): milliseconds to start, no re-import of the trainer.
 def _start_worker():
-    conn, child = Pipe()
+    conn, child = multiprocessing.Pipe()
     if (pid := os.fork()) == 0:
         conn.close()  # so the child sees EOF (and exits) when the parent dies
         try:
@@ -1288,7 +1285,7 @@ def chunk_logp(h, weight, targets, h_ref=None, w_ref=None, kl_dir="ref_theta"):
     return logp, kl
 
 
-class Scorer(nn.Module):
+class Scorer(torch.nn.Module):
     """Policy (and frozen reference) -> log-probs of the response tokens, flattened over the batch.
     One module, so that FSDP2 gathers the output projections of both inside its forward."""
 
