@@ -10,7 +10,6 @@ import os
 import sys
 import tempfile
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rasft  # noqa: E402
