@@ -2,11 +2,11 @@
 RASFT: Rollout-Adaptive Supervised Fine-Tuning (arXiv 2606.07006), in one file.
 
 Plain SFT imitates one expert solution per problem. RASFT first asks, per problem, how solvable it
-is for the current policy: the loss on the expert answer places it in a curriculum window that
-slides from easier to harder problems; problems inside the window are probed with verified
-on-policy rollouts. Where the policy struggles, expert supervision gets a larger share of the group
-signal; where it already succeeds, the policy's own correct solutions join the training queue with
-a weak, capped advantage. A clipped ratio to the frozen reference keeps the policy near where it began.
+is for the current policy: the loss on the expert answer places it relative to a curriculum window of middling
+difficulty; problems inside the window are probed with verified on-policy rollouts. Where the policy struggles,
+expert supervision gets a larger share of the group signal; where it already succeeds, the policy's own correct
+solutions join the training queue with a weak, capped advantage. A clipped ratio to the frozen reference keeps
+the policy near where it began.
 
 The loss, per sequence with advantage A and response tokens y_t (sg = stop-gradient):
     rho = clip( exp( mean_t log pi_ref(y_t) - mean_t log pi(y_t) ), ratio_low, ratio_high )
@@ -27,13 +27,13 @@ Paper symbol -> name in this file:
     A_i, s        soft advantage tanh(0.4 z), damping 1/(1+k_pos)     group_advantages()
     rho           clipped inverse probability ratio                   loss_rasft()
 
-The defaults are the authors' (learning-rate schedule per loss, rollout filter; README: "The authors' run,
-flag by flag"). Departures, on purpose: chunks are routed just in time (when the queue holds less than one
-global batch) so the window really slides; the reference term is one number per sequence, computed once, so
-no reference forward runs in the step; log-probs are computed in chunks so no [B, T, vocab] tensor is kept;
-the global batch and the loss normalization do not depend on the number of ranks or micro-batches; fp32
-master weights (theirs: pure bf16); calibration on all items (theirs: 1,000); the verifier never falls back to
-"the last number in the text".
+The defaults are the authors' run (their schedule per loss, their routing of every item at step 0, their window
+over a 1000-step horizon, their rollout filter and end token; README: "The authors' run, flag by flag"). Departures,
+on purpose: the reference term is one number per sequence, computed once, so no reference forward runs in the step;
+log-probs are computed in chunks so no [B, T, vocab] tensor is kept; the global batch and the loss normalization do
+not depend on the number of ranks or micro-batches; fp32 master weights (theirs: pure bf16); calibration on all
+items (theirs: 1,000); the verifier never falls back to "the last number in the text". --sliding gives the
+paper's description instead: a window that slides over the run, items routed just in time by the current loss.
 """
 
 import argparse
@@ -97,7 +97,8 @@ class Config:
     entry_field: str = ""              # field with the function name (code items)
     max_items: int = 0                 # use the first N items (0 = all)
     max_len: int = 2048                # tokens, prompt + response; longer responses are cut (their end token kept)
-    min_response: int = 16             # tokens; items whose prompt leaves fewer for the response are dropped
+    min_response: int = 18             # tokens (end token included); items whose prompt leaves fewer are dropped
+    keep_end: bool = None              # a response cut to max_len keeps its end token (None: the loss's own, below)
     system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}."  # math items ('' = none)
     code_prompt: str = "Write a complete, self-contained Python solution in a single ```python code block."  # code items
     # rollouts
@@ -112,7 +113,7 @@ class Config:
     refresh_every: int = 32            # optimizer steps between refreshes
     rollout_frac: float = 0.35         # share of pending items rolled out at a refresh
     probe_frac: float = 0.03           # share of the hard pool probed at a refresh (at least one)
-    route_chunk: int = 128             # items measured and routed at a time
+    route_chunk: int = 128             # items routed at a time (the authors queue a chunk's easy, hard, other in turn)
     rollout_filter: str = "authors"    # authors: their malformed-rollout rules | minimal: an answer and no loop
     # weighting
     q_easy: float = 0.10               # quantile of item loss below which an item is easy
@@ -121,6 +122,7 @@ class Config:
     q_end_low: float = 0.50            # window at the last step
     q_end_high: float = 0.75           # (upper end)
     q_hard: float = 0.90               # hard-pool ceiling (authors' code: 0.95)
+    sliding: bool = False              # the paper's sliding window: over the run's length, items routed just in time
     r_min: float = 1.0                 # expert reward at difficulty 0
     r_max: float = 3.0                 # expert reward at difficulty 1
     adv_temp: float = 0.4              # A_i = tanh(adv_temp * z_i)
@@ -146,11 +148,12 @@ class Config:
     micro_tokens: int = 16384          # padded tokens per forward, per rank (sequences sorted by length)
     lr: float = 5e-5                   # peak learning rate of AdamW
     min_lr: float = 0.0                # the cosine ends here
-    warmup: float = 0.1                # linear warmup from 0: a share of the horizon if < 1, else steps (rasft: 4)
-    lr_horizon: int = 0                # cosine length in steps, 0 = the run's own (rasft: 1000, as the authors ran it)
+    warmup: float = None               # linear warmup from 0: a share of the horizon if < 1, else steps
+    horizon: int = None                # steps of the lr cosine and of the window's slide; 0 = the run's own length
     weight_decay: float = 0.0          # AdamW
     grad_clip: float = 1.0             # global gradient norm clip
     epochs: int = 1                    # passes over the data
+    shuffle: bool = None               # shuffle the data each epoch (else in file order)
     max_steps: int = 0                 # stop after this many optimizer steps (0 = whole data)
     seed: int = 42                     # every random decision derives from it (and the step)
     # log
@@ -170,9 +173,18 @@ DEMO = dict(epochs=4, repetition_penalty=1.0, batch_size=64, lr=2e-4, act_ckpt=F
 DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field="answer", max_len=256,
                  min_response=8, max_new_tokens=64, rollout_filter="minimal", system_prompt="", eval_items=200)
 
-# The schedule the authors ran for each loss, where it is not Config's (their baselines': 10% warmup, cosine
-# over the run): RASFT's cosine has a 1000-step horizon while its data lasts ~59 steps, so its lr stays ~peak.
-LOSS_DEFAULTS = {"rasft": dict(warmup=4, lr_horizon=1000)}
+# What the authors ran for each loss, for the Config fields left at None. RASFT (train_RASFT.py): 4 warmup steps and
+# one 1000-step horizon for the cosine and the window while its data lasts ~59 steps (so the lr stays ~peak and the
+# window near its start), the data in file order, a cut response keeps its end token. The baselines (train_v2.py,
+# HF Trainer): 10% warmup and a cosine over the run, shuffled data, a cut response loses its end token.
+LOSS_DEFAULTS = {"rasft": dict(warmup=4, horizon=1000, shuffle=False, keep_end=True),
+                 "baselines": dict(warmup=0.1, horizon=0, shuffle=True, keep_end=False)}
+
+
+def per_loss(cfg, name):
+    """cfg.<name>, or the authors' value for cfg.loss where it is None."""
+    value = getattr(cfg, name)
+    return LOSS_DEFAULTS["rasft" if cfg.loss == "rasft" else "baselines"][name] if value is None else value
 
 PRESETS = {  # the authors' two training sets
     "numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
@@ -192,8 +204,9 @@ def parse_args(argv=None):
             group = p.add_argument_group(m[1])
         elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
             kind, demo = types[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
+            default = m[2] if m[2] != "None" else "; ".join(f"{k}: {d[m[1]]}" for k, d in LOSS_DEFAULTS.items())
             group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__,
-                               help=f"{m[3]} (default: {m[2]}{'' if demo is None else f'; demo: {demo!r}'})"
+                               help=f"{m[3]} (default: {default}{'' if demo is None else f'; demo: {demo!r}'})"
                                .replace("%", "%%"))
     given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
     cfg = Config(**given)
@@ -201,7 +214,7 @@ def parse_args(argv=None):
         cfg.model = "Qwen/" + cfg.model
     cfg.data = cfg.data or ("demo" if cfg.model == "tiny" else "numina_cot_10k")
     for defaults in (DEMO if cfg.model == "tiny" else {}, DEMO_TASK if cfg.data in ("demo", "demo_shift") else {},
-                     LOSS_DEFAULTS.get(cfg.loss, {}), PRESETS.get(cfg.data, {})):
+                     PRESETS.get(cfg.data, {})):
         cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if k not in given or k == "data"})
     check(cfg)
     return cfg
@@ -214,7 +227,7 @@ def check(cfg):
     shares = "rollout_frac probe_frac top_p dup_jaccard neg_jaccard neg_target pos_min pos_max vllm_gpu_memory"
     rules = [(f, getattr(cfg, f) >= 1, "at least 1") for f in ints.split()]
     rules += [(f, 0 <= getattr(cfg, f) <= 1, "between 0 and 1") for f in shares.split() + list(QUANTILES.values())]
-    rules += [(f, getattr(cfg, f) >= 0, "0 or more") for f in "max_steps save_every warmup lr_horizon max_items "
+    rules += [(f, per_loss(cfg, f) >= 0, "0 or more") for f in "max_steps save_every warmup horizon max_items "
               "eval_items demo_warmup max_neg temperature weight_decay min_lr kl_coef profit_p".split()]
     rules += [("lr", cfg.lr > 0, "above 0"), ("grad_clip", cfg.grad_clip > 0, "above 0"),
               ("ratio_low", 0 < cfg.ratio_low < cfg.ratio_high, f"above 0 and below --ratio_high {cfg.ratio_high}"),
@@ -414,12 +427,12 @@ def read_rows(rows, cfg, where, need_response=True):
 
 
 def build_items(rows, cfg, tok):
-    """Tokenize with the chat template; loss only on the response, which ends with the end token (kept when a
-    long response is cut to max_len). Counts what was cut or skipped, and warns when cuts lose answers."""
+    """Tokenize with the chat template; loss only on the response, which ends with the end token (a response cut
+    to max_len keeps it with keep_end). Counts what was cut or skipped, and warns when cuts lose answers."""
     texts, n_rows = read_rows(rows, cfg, f"--data {cfg.data}")
     count = dict(rows=n_rows, empty=n_rows - len(texts), dropped=0, truncated=0, lost_answer=0, math=0, code=0,
                  no_target=0)
-    end = end_token_id(tok)
+    end, keep_end = end_token_id(tok), per_loss(cfg, "keep_end")
     prompts = tok([prompt_text(tok, p, t and "tests" in t, cfg) for p, _, t in texts], add_special_tokens=False)["input_ids"]
     responses = tok([r for _, r, _ in texts], add_special_tokens=False)["input_ids"]
     items = []
@@ -428,12 +441,13 @@ def build_items(rows, cfg, tok):
         if room < cfg.min_response:
             count["dropped"] += 1
             continue
-        if len(r_ids) + 1 > room:
+        r_ids = r_ids + [end]
+        if len(r_ids) > room:
             count["truncated"] += 1
-            r_ids = r_ids[:room - 1]
+            r_ids = r_ids[:room - 1] + [end] if keep_end else r_ids[:room]
             count["lost_answer"] += bool(target and "answer" in target and extract_answer(tok.decode(r_ids)) is None)
         count["code" if target and "tests" in target else "math" if target else "no_target"] += 1
-        items.append({"prompt": p_ids, "response": r_ids + [end], "target": target})
+        items.append({"prompt": p_ids, "response": r_ids, "target": target})
     if not items:
         raise UsageError(f"--data {cfg.data}: no usable items ({count})")
     print0(f"data {cfg.data}: {len(items)} items of {n_rows} rows | {count['math']} math, {count['code']} code, "
@@ -465,9 +479,9 @@ def prompt_text(tok, problem, is_code, cfg):
 
 
 def end_token_id(tok):
-    """The token that ends an assistant turn: <|im_end|> for ChatML templates, else EOS."""
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    return im_end if isinstance(im_end, int) and im_end != tok.unk_token_id and "<|im_end|>" in (tok.chat_template or "") else tok.eos_token_id
+    """The token every response ends with: the tokenizer's EOS, as the authors append it (<|endoftext|> for Qwen2.5
+    base models, <|im_end|> for the instruct ones)."""
+    return tok.eos_token_id
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1010,7 +1024,7 @@ def verify(completion, target):
 
 # ---------------------------------------------------------------------------------------------------
 # 6. Rollouts: one interface, two backends. generate() returns, per prompt, n lists of token ids,
-#    cut after the first stop token; load_weights() takes (name, full tensor) pairs.
+#    cut after the first of stop_ids; load_weights() takes (name, full tensor) pairs.
 
 
 class HFEngine:
@@ -1052,8 +1066,10 @@ def cut_at_stop(ids, stop_ids):
     return next((ids[:k + 1] for k, t in enumerate(ids) if t in stop_ids), ids)
 
 
-def stop_token_ids(tok):
-    return sorted({end_token_id(tok), tok.eos_token_id} - {None})
+def stop_token_ids(tok, generation_config=None):
+    """Where generation stops, as vLLM stops the authors' rollouts: the tokenizer's EOS and the model's own EOS ids."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    return sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
 
 
 _LLM = {}  # the process's one vllm.LLM; its shutdown destroys torch.distributed's group: it lives until close_vllm()
@@ -1203,7 +1219,7 @@ def group_advantages(n_samples, n_correct, n_wrong_kept, cfg):
                            dtype=torch.float64)
     if torch.all(rewards == rewards[0]):
         return None
-    z = (rewards - rewards.mean()) / rewards.std(unbiased=False)
+    z = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)  # the authors' guard, kept for equality
     a = torch.tanh(cfg.adv_temp * z)
     s = 1 / (1 + n_correct)
     pos = [cfg.pos_scale * min(max(ai * s, cfg.pos_min), cfg.pos_max) for ai in a[1:1 + n_correct].tolist()]
@@ -1211,21 +1227,51 @@ def group_advantages(n_samples, n_correct, n_wrong_kept, cfg):
 
 
 def ngrams(text, n=3):
+    """Word n-grams of the lowercased text; none for a text of fewer than n words (as the authors')."""
     w = text.lower().split()
-    return {tuple(w[i:i + n]) for i in range(max(len(w) - n + 1, 1))}
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
 
 
 def jaccard(a, b):
-    return len(a & b) / max(len(a | b), 1)
+    """As the authors': two texts without n-grams are alike, one without is unlike any other."""
+    return len(a & b) / len(a | b) if a and b else float(not a and not b)
 
 
 # The authors' rollout filter (their train_RASFT.py): a rollout that breaks a rule is dropped before it is
-# verified; it still counts in k_total, never in k_pos. Phrases are matched in the lowercased text.
+# verified; it still counts in k_total, never in k_pos. Their box is the last `\boxed{` (the answer they grade);
+# the loop rules read the lowercased text with its whitespace collapsed, the phrase and word rules as it was written.
 _CORRECTIONS = ("let me correct", "correcting the calculation", "i need to correct", "rechecking", "let's correct",
                 "wait,", "however, this is incorrect", "the previous reasoning was wrong")
-_SHORTCUT_RE = re.compile(r"(?:according to the problem|based on the given information[, ]+we know that|therefore|thus)"
-                          r"[, ]+the correct answer is|the correct answer is\s*[:：]?\s*\\boxed")
+_SHORTCUT_RE = re.compile(r"(?:according to the problem|therefore|thus)[, ]+the correct answer is|based on the given "
+                          r"information[, ]+we know that the correct answer is|the correct answer is\s*[:：]?\s*\\boxed")
 _REASONING = ("=", "therefore", "thus", "hence", "so ", "let ", "we have", "we get", "substitute", "solve")
+_SHORT_BOX_RE = re.compile(r"[A-Da-d①②③④⑤⑥⑦⑧⑨0-9,， ]{1,12}")
+
+
+def authors_box(text):
+    """The content of the last `\\boxed{` if its braces close (every brace counts, escaped or not), else None:
+    an unclosed last box hides an earlier one, and `\\fbox{}` or `\\boxed 5` is no box."""
+    start, depth = text.rfind("\\boxed{"), 0
+    for j in range(start + 6, len(text)) if start >= 0 else ():
+        depth += (text[j] == "{") - (text[j] == "}")
+        if depth == 0:
+            return text[start + 7:j].strip()
+    return None
+
+
+def _unwrapped(box):  # the authors' clean-up of a box's content, one replacement after the other
+    for w in ("$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\:"):
+        box = box.replace(w, "")
+    return box.replace("\n", " ").strip(" .,:;!?\t").strip()
+
+
+def graded(text, target, cfg):
+    """What a rollout is verified on: under the authors' filter a math rollout's answer is their box (re-boxed
+    for the verifier; none without one), else the verifier extracts it from the whole text."""
+    if cfg.rollout_filter != "authors" or "answer" not in target:
+        return text
+    box = authors_box(text.strip())
+    return "" if box is None else f"\\boxed{{{_unwrapped(box)}}}"
 
 
 def _repeats(xs):
@@ -1234,30 +1280,30 @@ def _repeats(xs):
 
 def broken_rule(text, target, cfg):
     """The first rule of --rollout_filter this rollout breaks, or None. Code rollouts face the loop rules only."""
-    s, low = text.strip(), re.sub(r"\s+", " ", text.strip().lower())
+    s = text.strip()
     if cfg.rollout_filter == "minimal":  # an answer, and no loop: few distinct word 3-grams in a long text
         words = len(s.split())
         return ("no answer" if "answer" in target and extract_answer(s) is None else
                 "loop" if words >= 60 and len(ngrams(s)) / (words - 2) < 0.3 else None)
-    m = list(_BOX_RE.finditer(s))
-    box = re.sub(r"\$|\\left|\\right|\\[!,;:]", "", _body(m[-1])).strip(" .,:;!?\t") if m else None
-    words = low.split()
+    low = s.lower()
+    flat, box = re.sub(r"\s+", " ", low), authors_box(s)
+    words = flat.split()
     rules = {"symbols over 42%": sum(not (c.isalnum() or c.isspace()) for c in s) > 0.42 * max(len(s), 1),
-             "a sentence thrice": _repeats([x.strip() for x in re.split(r"[.\n]", low) if len(x.strip()) >= 12]),
+             "a sentence thrice": _repeats([x.strip() for x in re.split(r"[.\n]", flat) if len(x.strip()) >= 12]),
              "an 8-word run thrice": len(words) >= 30 and _repeats([tuple(words[i:i + 8]) for i in range(len(words) - 7)]),
-             "self-corrections": sum(c in low for c in _CORRECTIONS) >= 2}
+             "self-corrections": sum(c in flat for c in _CORRECTIONS) >= 2}
     if "answer" in target:
         rules.update({"under 80 characters": len(s) < 80, "no boxed answer": box is None,
                       "shortcut phrase": bool(_SHORTCUT_RE.search(low)),
-                      "short boxed answer": box is not None and len(s) < 180 and bool(
-                          re.fullmatch(r"[A-Da-d①②③④⑤⑥⑦⑧⑨0-9,， ]{1,12}", box)),
+                      "short boxed answer": box is not None and len(s) < 180 and bool(_SHORT_BOX_RE.fullmatch(_unwrapped(box))),
+                      "a boxed answer under 120 characters": box is not None and len(s) < 120,
                       "no reasoning word": not any(w in low for w in _REASONING)})
     return next((name for name, broken in rules.items() if broken), None)
 
 
 def score_group(texts, correct, target, cfg):
-    """De-duplicate, drop malformed, split into positives and kept negatives.
-    Returns (n_samples after de-duplication, indices of positives, number of negatives kept)."""
+    """De-duplicate, drop malformed, split into positives and kept negatives. Returns (n_samples after
+    de-duplication, indices of positives, number of negatives kept, number of distinct ones dropped as malformed)."""
     grams, kept = [ngrams(t) for t in texts], []
     for i in range(len(texts)):
         if all(jaccard(grams[i], grams[j]) < cfg.dup_jaccard for j in kept):
@@ -1266,7 +1312,7 @@ def score_group(texts, correct, target, cfg):
     pos = [i for i in ok if correct[i]]
     near = {i: max((jaccard(grams[i], grams[j]) for j in pos), default=0.0) for i in ok if not correct[i]}
     neg = sorted((i for i in near if near[i] < cfg.neg_jaccard), key=lambda i: abs(near[i] - cfg.neg_target))
-    return len(kept), pos, len(neg[:cfg.max_neg])
+    return len(kept), pos, len(neg[:cfg.max_neg]), len(kept) - len(ok)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1399,8 +1445,13 @@ def load_policy(cfg, tok):
 
 
 def frozen_copy(model, dtype):
+    """The reference: a frozen copy with its parameters in dtype. Buffers (the rotary frequencies) stay as the
+    policy's, which FSDP2 does not cast either: so at step 0 the reference computes exactly what the policy does."""
     import copy
-    return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    for p in ref.parameters():
+        p.data = p.data.to(dtype)
+    return ref
 
 
 def shard(scorer, device, compile_layers=False):
@@ -1614,10 +1665,10 @@ def train_step(scorer, opt, batch, items, cfg, device):
 
 
 def lr_at(step, total, cfg):
-    """Linear warmup from 0, then a cosine to min_lr over lr_horizon steps (0: the run's `total`): the authors'
+    """Linear warmup from 0, then a cosine to min_lr over the horizon (0: the run's `total`): the authors'
     schedules (transformers' get_cosine_schedule_with_warmup, whose first step has lr 0)."""
-    horizon = cfg.lr_horizon or total
-    warm = int(cfg.warmup) if cfg.warmup >= 1 else math.ceil(cfg.warmup * horizon)
+    horizon, warmup = per_loss(cfg, "horizon") or total, per_loss(cfg, "warmup")
+    warm = int(warmup) if warmup >= 1 else math.ceil(warmup * horizon)
     if step < warm:
         return cfg.lr * step / warm
     done = min((step - warm) / max(horizon - warm, 1), 1.0)
@@ -1628,43 +1679,57 @@ def new_state(items, cfg):
     order = []
     for epoch in range(cfg.epochs):
         perm = list(range(len(items)))
-        random.Random(cfg.seed + epoch).shuffle(perm)
+        if per_loss(cfg, "shuffle"):
+            random.Random(cfg.seed + epoch).shuffle(perm)
         order += perm
     return {"step": 0, "total": math.ceil(len(order) / cfg.batch_size), "order": order, "cursor": 0, "queue": [],
             "pending": [], "hard": {}, "ref_logp": [], "thresholds": None, "records": {}, "last": {}}
 
 
 def route_chunk(state, scorer, items, cfg, device, adaptive):
-    """Measure the next chunk under the current policy and route each item by the current window."""
+    """Route the next chunk of the data. As the authors: by each item's loss at step 0 (the calibration pass measured
+    it) against the window at step 0, all chunks before the first step. --sliding: by its loss under the current
+    policy against the window of the current step, a chunk whenever the queue holds less than a batch."""
     ids = state["order"][state["cursor"]:state["cursor"] + cfg.route_chunk]
     state["cursor"] += len(ids)
     if not adaptive:
         state["queue"] += [expert(i, 1.0, state) for i in ids]
         return
-    low, high = window_at(state["step"], state["total"], state["thresholds"])
-    logps = measure(scorer, [expert(i, 1.0, state) for i in ids], items, "policy", cfg, device)
-    for i, lp in zip(ids, logps):
-        r = route(-lp, low, high, state["thresholds"]) if items[i]["target"] else "other"
-        state["records"].setdefault(i, {}).update(route=r, loss=round(-lp, 4))
+    if cfg.sliding:
+        losses = [-lp for lp in measure(scorer, [expert(i, 1.0, state) for i in ids], items, "policy", cfg, device)]
+    else:
+        losses = [-state["ref_logp"][i] for i in ids]
+    low, high = window(state, cfg)
+    routes = [route(x, low, high, state["thresholds"]) if items[i]["target"] else "other" for i, x in zip(ids, losses)]
+    for i, r, x in zip(ids, routes, losses):
+        state["records"].setdefault(i, {}).update(route=r, loss=round(x, 4))
         if r == "pending":
             state["pending"].append(i)
-        else:
-            state["queue"].append(expert(i, 1.0, state))
-        if r == "hard":
-            state["hard"][i] = 0
+        elif r == "hard":  # trained now as the expert, and kept to be probed at refreshes
+            state["hard"].setdefault(i, 0)
+    for kind in ("easy", "hard", "other"):  # the authors queue a chunk's easy items first, then hard, then the rest
+        state["queue"] += [expert(i, 1.0, state) for i, r in zip(ids, routes) if r == kind]
+
+
+def window(state, cfg):
+    """The window at this step: the authors' over --horizon steps (their 1000), --sliding over the run's length."""
+    horizon = state["total"] if cfg.sliding else per_loss(cfg, "horizon") or state["total"]
+    return window_at(state["step"], horizon, state["thresholds"])
 
 
 def rollout(engine, chosen, items, tok, cfg, step):
-    """n verified samples per chosen item, generated by each rank for its share, gathered everywhere.
-    Returns per item a list of (token ids, text, correct)."""
+    """n verified samples per chosen item, generated by each rank for its share, gathered everywhere. Returns per
+    item a list of (token ids ending with the end token, as the authors train a rollout, text, correct)."""
     mine = shard_of(chosen)
     prompts = [items[i]["prompt"] for i in mine]  # a rank with none still calls generate: it puts vLLM to sleep
     gens = engine.generate(prompts, n=cfg.rollout_n, temperature=cfg.temperature, top_p=cfg.top_p,
                            max_tokens=max(1, min(cfg.max_new_tokens, cfg.max_len - max(map(len, prompts), default=0))),
                            repetition_penalty=cfg.repetition_penalty, seed=cfg.seed + 7919 * step + rank())
     texts = [tok.batch_decode(group, skip_special_tokens=True) for group in gens]
-    ok = iter(verify_all([(t, items[i]["target"]) for i, group in zip(mine, texts) for t in group]))
-    return all_gather_list([[(g, t, next(ok)) for g, t in zip(*gt)] for gt in zip(gens, texts)])
+    ok = iter(verify_all([(graded(t, items[i]["target"], cfg), items[i]["target"]) for i, group in zip(mine, texts)
+                          for t in group]))
+    gens = [[g[:-1] if g and g[-1] in engine.stop_ids else g for g in group] for group in gens]
+    return all_gather_list([[(g + [end_token_id(tok)], t, next(ok)) for g, t in zip(*gt)] for gt in zip(gens, texts)])
 
 
 def verify_all(pairs):
@@ -1682,47 +1747,53 @@ def verify_all(pairs):
 
 
 def refresh(state, scorer, engine, items, tok, cfg, device):
-    """Roll out a random share of the pending items and a probe of the hard pool; score each group;
-    queue the expert with its group advantage and the correct rollouts with theirs."""
+    """Roll out a random share of the pending items and the probes of the hard pool that stay in it; score each
+    group; queue in the authors' order: the pending items not picked, the probes that leave the pool, then each
+    rolled-out item (by index) as the expert with its group advantage followed by its correct rollouts."""
     rng = random.Random(cfg.seed * 1_000_003 + state["step"])
     queue, hard, th, rec = state["queue"], state["hard"], state["thresholds"], state["records"]
     pending, state["pending"] = state["pending"], []
-    rng.shuffle(pending)
-    n_roll = min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))
-    chosen = pending[:n_roll]
-    queue += [expert(i, 1.0, state) for i in pending[n_roll:]]
-    low, high = window_at(state["step"], state["total"], th)
-    probes = rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard)))) if hard else []
+    picked = set(rng.sample(pending, min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))))
+    queue += [expert(i, 1.0, state) for i in pending if i not in picked]
+    low, high = window(state, cfg)
+    probes = sorted(rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard))))) if hard and cfg.probe_frac else []
     for i, lp in zip(probes, measure(scorer, [expert(i, 1.0, state) for i in probes], items, "policy", cfg, device)):
         rec[i]["probes"] = rec[i].get("probes", 0) + 1
-        if -lp < low:
+        if -lp < low:  # easier than the window now: out of the pool, trained as it is
             del hard[i]
             queue.append(expert(i, 1.0, state))
         elif -lp <= th["hard_ceiling"]:
-            chosen.append(i)  # it leaves the pool once its rollouts make a group with signal
+            picked.add(i)  # it leaves the pool once its rollouts make a group with signal
         else:
             hard[i] += 1
+    chosen = sorted(picked)
     engine.load_weights(full_params(scorer.policy))
     groups = rollout(engine, chosen, items, tok, cfg, state["step"])
-    new, n_correct, n_samples = [], 0, 0
+    new, n_correct, n_samples, n_broken = [], 0, 0, 0
     for i, group in zip(chosen, groups):
         toks, texts, correct = zip(*group)
-        n, pos, n_neg = score_group(texts, correct, items[i]["target"], cfg)
+        n, pos, n_neg, broken = score_group(texts, correct, items[i]["target"], cfg)
         adv = group_advantages(n, len(pos), n_neg, cfg)
-        n_correct, n_samples = n_correct + sum(correct), n_samples + len(correct)
-        rec[i].update(rollouts=len(correct), distinct=n, correct=len(pos), negatives=n_neg,
+        n_correct, n_samples, n_broken = n_correct + sum(correct), n_samples + len(correct), n_broken + broken
+        rec[i].update(rollouts=len(correct), distinct=n, malformed=broken, correct=len(pos), negatives=n_neg,
                       pass_rate=round(len(pos) / max(n, 1), 3),
                       expert_adv=round(adv[0], 4) if adv else 1.0, rollout_adv=[round(a, 4) for a in adv[1]] if adv else [])
-        queue.append(expert(i, adv[0] if adv else 1.0, state))
+        new.append(expert(i, adv[0] if adv else 1.0, state))
         if adv:
             hard.pop(i, None)
-        new += [{"item": i, "response": list(toks[j]), "adv": a} for j, a in zip(pos, adv[1] if adv else [])]
-    for s, lp in zip(new, measure(scorer, new, items, "ref", cfg, device)):
+            new += [{"item": i, "response": list(toks[j]), "adv": a} for j, a in zip(pos, adv[1])]
+    rollouts = [s for s in new if s["response"] is not None]
+    for s, lp in zip(rollouts, measure(scorer, rollouts, items, "ref", cfg, device)):
         s["ref_logp"] = lp
     queue += new
+    if n_broken > n_samples / 2 and not state.get("warned"):
+        state["warned"] = True
+        print0(f"warning: --rollout_filter {cfg.rollout_filter} dropped {n_broken} of {n_samples} rollouts at this "
+               "refresh" + (" (its rules want a \\boxed{} answer, 80+ characters, a reasoning word): with short "
+                            "solutions, --rollout_filter minimal" if cfg.rollout_filter == "authors" else ""))
     state["last"] = {"event": "refresh", "step": state["step"], "pending": len(pending), "rolled_out": len(chosen),
-                     "probed": len(probes), "pass": n_correct / max(n_samples, 1), "queued_rollouts": len(new),
-                     "hard_pool": len(hard), "low": low, "high": high}
+                     "probed": len(probes), "pass": n_correct / max(n_samples, 1), "malformed": n_broken / max(n_samples, 1),
+                     "queued_rollouts": len(rollouts), "hard_pool": len(hard), "low": low, "high": high}
     return state["last"]
 
 
@@ -1768,8 +1839,8 @@ def train(cfg):
     log, t_start, first = open_metrics(cfg, state), time.time(), state["step"]
     run = __import__("wandb").init(project=cfg.wandb, config=dataclasses.asdict(cfg)) if cfg.wandb and rank0() else None
     while not (cfg.max_steps and state["step"] >= cfg.max_steps):
-        # 1. route: measure and route chunks until the queue holds a global batch
-        while len(state["queue"]) < cfg.batch_size and state["cursor"] < len(state["order"]):
+        # 1. route: all of the data before the first step (--sliding: until the queue holds a global batch)
+        while state["cursor"] < len(state["order"]) and (len(state["queue"]) < cfg.batch_size or not cfg.sliding):
             route_chunk(state, scorer, items, cfg, device, adaptive)
         # 2. refresh: every refresh_every steps, and whenever the queue runs dry with items pending
         step, queue = state["step"], state["queue"]
@@ -1841,7 +1912,7 @@ def make_engine(scorer, tok, cfg, device):
         from transformers import AutoModelForCausalLM
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-        return HFEngine(model, tok, stop_token_ids(tok))
+        return HFEngine(model, tok, stop_token_ids(tok, scorer.policy.generation_config))
     path, memory = cfg.model, cfg.vllm_gpu_memory
     if cfg.model == "tiny":  # built in code: vLLM reads the architecture from disk
         path = os.path.join(cfg.out, "rollout_init")
@@ -1850,7 +1921,7 @@ def make_engine(scorer, tok, cfg, device):
         adam = 8 * sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in scorer.policy.parameters())
         free, total = torch.cuda.mem_get_info()
         memory = 0.85 * (free - adam) / total
-    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok), cfg.max_len, memory or 0.9, cfg.seed + rank(),
+    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok, scorer.policy.generation_config), cfg.max_len, memory or 0.9, cfg.seed + rank(),
                                       sleeps=True, dummy=True)
 
 
@@ -1947,7 +2018,7 @@ def warm_up(cfg):
     plain SFT (on other problems of the task), then point cfg at the result. A resumed run reuses it."""
     steps = min(cfg.demo_warmup, cfg.max_steps or cfg.demo_warmup)
     warm = dataclasses.replace(cfg, data="demo", loss="sft", adaptive=False, max_steps=steps, epochs=steps, seed=cfg.seed + 1,
-                               lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, warmup=0.0, lr_horizon=0,
+                               lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, warmup=0.0, horizon=0,
                                out=os.path.join(cfg.out, "warmup"), save_every=0, resume=False)
     if cfg.resume and os.path.exists(os.path.join(warm.out, "tokenizer_config.json")):  # save_hf writes it last
         print0(f"== demo warm-up: reusing the finished one in {warm.out}")

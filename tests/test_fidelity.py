@@ -1,11 +1,15 @@
-"""Faithful to the authors' code by default: their learning-rate schedule for each loss, their rollout filter."""
+"""Faithful to the authors' code by default: their schedule for each loss, their routing and window, their rollout
+filter rule for rule, their end token, a reference equal to the step-0 policy."""
 import dataclasses
 import math
+import random
+from collections import Counter
 
 import pytest
 import torch
 
 import rasft
+from filter_cases import CASES
 
 GOOD = ("Anna starts with 3 apples and her friend gives her 4 more, so we have 3 + 4 = 7 apples.\n"
         "Then she buys 5 more at the market, so 7 + 5 = 12.\nTherefore she has 12 apples in total. \\boxed{12}")
@@ -45,8 +49,8 @@ def test_lr_schedule_is_the_one_the_authors_ran_for_each_loss(loss):
 
 
 def test_schedule_flags_override_the_per_loss_defaults():
-    cfg = cfg_of("--loss", "rasft", "--warmup", "0.03", "--lr_horizon", "0")
-    assert (cfg.warmup, cfg.lr_horizon) == (0.03, 0)
+    cfg = cfg_of("--loss", "rasft", "--warmup", "0.03", "--horizon", "0")
+    assert (cfg.warmup, cfg.horizon) == (0.03, 0)
     assert rasft.lr_at(0, 100, cfg) == 0.0 and rasft.lr_at(99, 100, cfg) < 0.01 * cfg.lr
 
 
@@ -78,8 +82,8 @@ def test_the_filter_decides_k_pos_and_so_the_experts_advantage():
     texts, correct = (SELF_CORRECTING, SHORT, WRONG), (True, True, False)
     for name, expert_adv, n_pos in (("authors", None, 0), ("minimal", 0.155, 2)):
         cfg = cfg_of("--rollout_filter", name)
-        n, pos, n_neg = rasft.score_group(texts, correct, {"answer": "12"}, cfg)
-        assert (n, len(pos), n_neg) == (3, n_pos, 1)
+        n, pos, n_neg, broken = rasft.score_group(texts, correct, {"answer": "12"}, cfg)
+        assert (n, len(pos), n_neg, broken) == (3, n_pos, 1, 2 - n_pos)
         adv = rasft.group_advantages(n, len(pos), n_neg, cfg)
         assert adv is None if expert_adv is None else adv[0] == pytest.approx(expert_adv, abs=1e-3)
 
@@ -91,3 +95,130 @@ def test_refresh_fires_only_with_pending_items():
     state["pending"] = [1]
     assert rasft.refresh_due(state, cfg, dry=False) and rasft.refresh_due(dict(state, step=5), cfg, dry=True)
     assert not rasft.refresh_due(dict(state, step=5), cfg, dry=False)
+
+
+def test_config_built_in_python_gets_each_losss_own_defaults():
+    for loss, expected in (("rasft", (4, 1000, False, True)), ("sft", (0.1, 0, True, False))):
+        cfg = rasft.Config(loss=loss)
+        assert tuple(rasft.per_loss(cfg, k) for k in ("warmup", "horizon", "shuffle", "keep_end")) == expected
+    assert rasft.lr_at(3, 59, rasft.Config()) == pytest.approx(0.75 * 5e-5)  # rasft: 4 warmup steps
+
+
+@pytest.mark.parametrize("why,text,kept", CASES, ids=[c[0] for c in CASES])
+def test_rollout_filter_keeps_and_drops_as_the_authors_gate(why, text, kept):
+    rule = rasft.broken_rule(text, {"answer": "12"}, cfg_of())
+    assert (rule is None) == kept, rule
+
+
+def test_a_rollout_is_graded_on_their_box():
+    cfg = cfg_of()
+    assert rasft.graded("So \\boxed{3}, or \\boxed{12}.", {"answer": "12"}, cfg) == "\\boxed{12}"
+    assert rasft.graded("So \\boxed{12} and then \\boxed{\\frac{", {"answer": "12"}, cfg) == ""  # unclosed last box
+    assert rasft.graded("So \\fbox{12}", {"answer": "12"}, cfg) == ""
+    assert rasft.graded("So \\boxed{$12$.}", {"answer": "12"}, cfg) == "\\boxed{12}"
+    # the minimal filter, and code, leave the extraction to the verifier
+    assert rasft.graded("So \\fbox{12}", {"answer": "12"}, cfg_of("--rollout_filter", "minimal")) == "So \\fbox{12}"
+    assert rasft.graded("```python\nx = 1\n```", {"tests": "assert True"}, cfg) == "```python\nx = 1\n```"
+
+
+def test_end_token_is_the_tokenizers_eos_and_rollouts_stop_where_theirs_stop(tok):
+    from transformers import GenerationConfig
+    base = rasft.tiny_tokenizer()
+    base.eos_token = "<|endoftext|>"  # as a Qwen2.5 base model's tokenizer, with a ChatML chat template
+    assert rasft.end_token_id(base) == base.convert_tokens_to_ids("<|endoftext|>")
+    im_end = base.convert_tokens_to_ids("<|im_end|>")
+    assert rasft.stop_token_ids(base) == [base.eos_token_id]  # <|im_end|> does not stop a base model's rollout
+    assert rasft.stop_token_ids(base, GenerationConfig(eos_token_id=[im_end, base.eos_token_id])) == sorted(
+        {im_end, base.eos_token_id})
+
+
+def test_a_cut_response_keeps_its_end_token_under_rasft_and_loses_it_under_the_baselines(tok):
+    rows = [{"problem": "p", "solution": "x" * 300, "answer": "1"}]
+    for loss in ("rasft", "sft"):
+        cfg = cfg_of("--loss", loss, "--max_len", "64", "--data", "rows.jsonl", "--system_prompt", "")
+        items, count = rasft.build_items(rows, cfg, tok)
+        assert count["truncated"] == 1 and len(items[0]["prompt"]) + len(items[0]["response"]) == 64
+        assert (items[0]["response"][-1] == tok.eos_token_id) == (loss == "rasft")
+
+
+class StandIn:
+    """A rollout engine that returns fixed token ids: one stopped at a stop token that is not EOS, one cut by length."""
+    def __init__(self, tok, stop):
+        self.tok, self.stop_ids = tok, [stop, tok.eos_token_id]
+
+    def generate(self, prompts, n=1, **kw):
+        ids = self.tok("So 3 + 4 = 7. \\boxed{7}", add_special_tokens=False)["input_ids"]
+        return [[ids + [self.stop_ids[0]], ids[:5]] for _ in prompts]
+
+
+def test_rollouts_are_trained_ending_with_the_end_token(tok):
+    base = rasft.tiny_tokenizer()
+    base.eos_token = "<|endoftext|>"
+    engine, cfg = StandIn(base, base.convert_tokens_to_ids("<|im_end|>")), cfg_of("--rollout_filter", "minimal")
+    items = [{"prompt": [1, 2, 3], "response": [4], "target": {"answer": "7"}}]
+    (group,) = rasft.rollout(engine, [0], items, base, cfg, step=0)
+    (stopped, text, ok), (cut, _, _) = group
+    assert ok and stopped[-1] == cut[-1] == base.eos_token_id and base.convert_tokens_to_ids("<|im_end|>") not in stopped
+    assert len(stopped) == len(base("So 3 + 4 = 7. \\boxed{7}", add_special_tokens=False)["input_ids"]) + 1
+
+
+def route_all(losses, cfg, with_target=lambda i: True):
+    items = [{"prompt": [1], "response": [2], "target": {"answer": "1"} if with_target(i) else None}
+             for i in range(len(losses))]
+    state = rasft.new_state(items, cfg)
+    state["ref_logp"] = [-x for x in losses]
+    state["thresholds"] = rasft.calibrate(losses, cfg)
+    while state["cursor"] < len(state["order"]):
+        rasft.route_chunk(state, None, items, cfg, None, adaptive=True)
+    return state
+
+
+def test_every_item_is_routed_at_step_0_with_its_step_0_loss_in_the_authors_shares():
+    losses = [random.Random(k).uniform(0.2, 3.0) for k in range(1000)]
+    state = route_all(losses, cfg_of())
+    shares = Counter(r["route"] for r in state["records"].values())
+    assert {k: v / 1000 for k, v in shares.items()} == pytest.approx(
+        {"easy": 0.10, "pending": 0.25, "hard": 0.45, "other": 0.20}, abs=0.002)
+    assert all(r["loss"] == pytest.approx(losses[i], abs=1e-4) for i, r in state["records"].items())
+    assert sorted(state["hard"]) == sorted(i for i, r in state["records"].items() if r["route"] == "hard")
+    # in file order (rasft does not shuffle), a chunk's easy items are queued first, then hard, then the rest
+    queued = sum(state["records"][i]["route"] != "pending" for i in range(128))  # of the first chunk
+    first = [state["records"][s["item"]]["route"] for s in state["queue"][:queued]]
+    assert first == sorted(first, key=["easy", "hard", "other"].index) and state["order"] == list(range(1000))
+
+
+def test_window_at_a_refresh_is_their_1000_step_horizon_and_the_run_s_length_when_sliding():
+    th = rasft.calibrate([float(i) for i in range(101)], cfg_of())
+    state = {"step": 32, "total": 59, "thresholds": th}
+    assert rasft.window(state, cfg_of()) == pytest.approx(rasft.window_at(32, 1000, th))
+    assert rasft.window(state, cfg_of()) == pytest.approx((20 + 0.032 * 30, 45 + 0.032 * 30))  # 3% of the way
+    assert rasft.window(state, cfg_of("--sliding", "true")) == pytest.approx(rasft.window_at(32, 59, th))
+    assert rasft.window(state, cfg_of("--horizon", "0")) == pytest.approx(rasft.window_at(32, 59, th))
+
+
+def test_sliding_routes_just_in_time_by_the_current_policys_loss(monkeypatch):
+    losses = [float(i) for i in range(100)]
+    cfg = cfg_of("--sliding", "true", "--route_chunk", "10")
+    easier = [x / 4 for x in losses]  # what the trained policy measures: every item looks easier
+    monkeypatch.setattr(rasft, "measure", lambda scorer, samples, *a: [-easier[s["item"]] for s in samples])
+    items = [{"prompt": [1], "response": [2], "target": {"answer": "1"}} for _ in losses]
+    state = rasft.new_state(items, cfg)
+    state["ref_logp"], state["thresholds"] = [-x for x in losses], rasft.calibrate(losses, cfg)
+    rasft.route_chunk(state, None, items, cfg, None, adaptive=True)
+    assert state["cursor"] == 10 and all(state["records"][i]["loss"] == pytest.approx(easier[i]) for i in range(10))
+
+
+def test_reference_in_bf16_equals_the_step_0_policy_as_fsdp_computes_it(tok):
+    """A GPU run keeps its reference in bf16 while FSDP2 casts only the policy's parameters to bf16 for compute:
+    the reference's rotary buffers must stay as the policy's (fp32), or its log-probs drift with the position."""
+    torch.manual_seed(0)
+    policy = rasft.tiny_model(tok)
+    ref = rasft.frozen_copy(policy, torch.bfloat16)
+    assert all(b.dtype == torch.float32 and torch.equal(b, dict(policy.named_buffers())[n])
+               for n, b in ref.named_buffers())
+    assert {p.dtype for p in ref.parameters()} == {torch.bfloat16}
+    as_fsdp = rasft.frozen_copy(policy, torch.float32)  # the policy with bf16 parameters, its buffers untouched
+    for p in as_fsdp.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    ids = torch.randint(0, 200, (1, 1500))
+    assert torch.equal(ref(ids).logits, as_fsdp(ids).logits)

@@ -133,7 +133,7 @@ class ScriptedEngine:
     """Answers 'Compute a+b-c.' correctly in the first sample and wrongly in the others."""
 
     def __init__(self, tok):
-        self.tok = tok
+        self.tok, self.stop_ids = tok, rasft.stop_token_ids(tok)
 
     def load_weights(self, named_tensors):
         list(named_tensors)

@@ -32,7 +32,7 @@ def test_calibration_quantiles():
 def test_group_advantages_one_of_three_correct():
     # rewards [1 + (2/3)*2, 1, 0, 0] = [7/3, 1, 0, 0]; mean 5/6; population std sqrt(11/12)
     exp_adv, pos = rasft.group_advantages(3, 1, 2, CFG)
-    std = math.sqrt(11 / 12)
+    std = math.sqrt(11 / 12) + 1e-6  # the authors' guard
     s = 1 / 2
     assert exp_adv == pytest.approx(math.tanh(0.4 * (7 / 3 - 5 / 6) / std) * s)
     a1 = math.tanh(0.4 * (1 - 5 / 6) / std) * s  # 0.0348: inside [0.02, 0.15]
@@ -44,7 +44,7 @@ def test_group_advantages_clips_positive_signal():
     exp_adv, pos = rasft.group_advantages(3, 2, 1, CFG)
     r = [5 / 3, 1, 1, 0]
     mean = sum(r) / 4
-    std = math.sqrt(sum((x - mean) ** 2 for x in r) / 4)
+    std = math.sqrt(sum((x - mean) ** 2 for x in r) / 4) + 1e-6
     a = [math.tanh(0.4 * (x - mean) / std) for x in r]
     assert exp_adv == pytest.approx(a[0] / 3)
     assert pos == pytest.approx([0.25 * min(max(a[1] / 3, 0.02), 0.15)] * 2)
@@ -61,7 +61,7 @@ def test_group_advantages_no_signal():
 def test_group_advantages_no_negatives_kept():
     # 1 of 2 correct but the wrong one was a near copy: rewards [2, 1]
     exp_adv, pos = rasft.group_advantages(2, 1, 0, CFG)
-    assert exp_adv == pytest.approx(math.tanh(0.4) / 2)
+    assert exp_adv == pytest.approx(math.tanh(0.4 * 0.5 / (0.5 + 1e-6)) / 2)
     assert pos == pytest.approx([0.25 * 0.02])  # A_1 s = tanh(-0.4)/2 < 0 -> floor: never negative
 
 
@@ -73,8 +73,8 @@ def test_score_group_dedups_drops_malformed_and_keeps_negatives():
              "no final answer here at all",                                 # malformed
              "wrong wrong wrong \\boxed{7}"]
     correct = [True, True, False, False, False]
-    n, pos, n_neg = rasft.score_group(texts, correct, target, dataclasses.replace(CFG, rollout_filter="minimal"))
-    assert (n, pos, n_neg) == (4, [0], 2)
+    n, pos, n_neg, broken = rasft.score_group(texts, correct, target, dataclasses.replace(CFG, rollout_filter="minimal"))
+    assert (n, pos, n_neg, broken) == (4, [0], 2, 1)
 
 
 def test_score_group_drops_negatives_that_copy_a_positive():
@@ -85,8 +85,8 @@ def test_score_group_drops_negatives_that_copy_a_positive():
     assert CFG.neg_jaccard <= sim < 0.95
     # at the default 0.82 the near copy is already a duplicate
     cfg = dataclasses.replace(CFG, dup_jaccard=0.95, rollout_filter="minimal")
-    n, pos, n_neg = rasft.score_group(texts, [True, False], target, cfg)
-    assert (n, pos, n_neg) == (2, [0], 0)
+    n, pos, n_neg, broken = rasft.score_group(texts, [True, False], target, cfg)
+    assert (n, pos, n_neg, broken) == (2, [0], 0, 0)
 
 
 def test_minimal_filter_drops_loops_and_answerless_rollouts_only():
