@@ -92,7 +92,7 @@ def test_pass_at_k_hand_computed():
     assert ev.pass_at_k(16, 1, 16) == 1.0 and ev.pass_at_k(16, 0, 16) == 0.0
     assert ev.pass_at_k(16, 15, 2) == 1.0                        # fewer than k wrong: always a hit
     m = ev.metrics([[True, False, False, False], [True, True, True, True]], 4)
-    assert m == pytest.approx({"avg": 5 / 8, "pass@1": 5 / 8, "pass@4": 1.0})
+    assert m == pytest.approx({"acc": 1.0, "mean_acc": 5 / 8, "avg": 5 / 8, "pass@1": 5 / 8, "pass@4": 1.0})
 
 
 @needs_datasets
