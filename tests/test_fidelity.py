@@ -1,6 +1,7 @@
 """Faithful to the authors' code by default: their schedule for each loss, their routing and window, their rollout
 filter rule for rule, their end token, a reference equal to the step-0 policy."""
 import dataclasses
+import json
 import math
 import random
 from collections import Counter
@@ -222,3 +223,20 @@ def test_reference_in_bf16_equals_the_step_0_policy_as_fsdp_computes_it(tok):
         p.data = p.data.to(torch.bfloat16)
     ids = torch.randint(0, 200, (1, 1500))
     assert torch.equal(ref(ids).logits, as_fsdp(ids).logits)
+
+
+def test_the_readmes_sft_recipe_is_the_sft_run(tmp_path):
+    """README, "Plain SFT from RASFT, flag by flag": the loss flags and the schedule flags together train exactly
+    what --loss sft trains."""
+    from conftest import small_cfg
+    recipe = ["--adaptive", "false", "--ratio_clip", "false", "--token_weight", "false", "--warmup", "0.1",
+              "--horizon", "0", "--shuffle", "true", "--keep_end", "false"]
+    runs = {name: small_cfg(tmp_path / name, "--max_steps", "3", "--eval_items", "0", *args)
+            for name, args in (("sft", ["--loss", "sft"]), ("recipe", ["--loss", "rasft", *recipe]))}
+    for cfg in runs.values():
+        rasft.train(cfg)
+    from transformers import AutoModelForCausalLM
+    a, b = (AutoModelForCausalLM.from_pretrained(str(tmp_path / n)).state_dict() for n in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lr = {n: [json.loads(x)["lr"] for x in open(tmp_path / n / "metrics.jsonl")] for n in runs}
+    assert lr["sft"] == lr["recipe"]
