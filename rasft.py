@@ -1753,8 +1753,9 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
     rng = random.Random(cfg.seed * 1_000_003 + state["step"])
     queue, hard, th, rec = state["queue"], state["hard"], state["thresholds"], state["records"]
     pending, state["pending"] = state["pending"], []
-    picked = set(rng.sample(pending, min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))))
-    queue += [expert(i, 1.0, state) for i in pending if i not in picked]
+    picked = set(rng.sample(range(len(pending)), min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))))
+    queue += [expert(i, 1.0, state) for k, i in enumerate(pending) if k not in picked]
+    chosen = [pending[k] for k in picked]  # an item pending in several epochs is rolled out once per epoch picked
     low, high = window(state, cfg)
     probes = sorted(rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard))))) if hard and cfg.probe_frac else []
     for i, lp in zip(probes, measure(scorer, [expert(i, 1.0, state) for i in probes], items, "policy", cfg, device)):
@@ -1763,10 +1764,10 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
             del hard[i]
             queue.append(expert(i, 1.0, state))
         elif -lp <= th["hard_ceiling"]:
-            picked.add(i)  # it leaves the pool once its rollouts make a group with signal
+            chosen.append(i)  # it leaves the pool once its rollouts make a group with signal
         else:
             hard[i] += 1
-    chosen = sorted(picked)
+    chosen.sort()
     engine.load_weights(full_params(scorer.policy))
     groups = rollout(engine, chosen, items, tok, cfg, state["step"])
     new, n_correct, n_samples, n_broken = [], 0, 0, 0

@@ -240,3 +240,33 @@ def test_the_readmes_sft_recipe_is_the_sft_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     lr = {n: [json.loads(x)["lr"] for x in open(tmp_path / n / "metrics.jsonl")] for n in runs}
     assert lr["sft"] == lr["recipe"]
+
+
+def test_refresh_queues_in_the_authors_order_and_keeps_every_epochs_occurrence(monkeypatch):
+    """Pending items not picked (in pending order), then probes that leave the pool (by index), then each rolled-out
+    item by index: its expert, then its correct rollouts. An item pending in two epochs is two occurrences."""
+    cfg = cfg_of("--rollout_frac", "0.5", "--probe_frac", "1.0", "--rollout_filter", "minimal")
+    th = {"easy_floor": 1.0, "start_low": 2.0, "start_high": 3.0, "end_low": 4.0, "end_high": 6.0, "hard_ceiling": 8.0}
+    probe_loss = {20: 1.5, 21: 5.0, 22: 9.0}  # leaves the pool (easier than the window), rolled out, stays
+    monkeypatch.setattr(rasft, "measure", lambda scorer, samples, items, which, *a: [
+        -probe_loss[s["item"]] if which == "policy" else -1.0 for s in samples])
+    good = "We add 3 + 4 = 7 and then 7 + 5 = 12, so the total is \\boxed{12}"
+    monkeypatch.setattr(rasft, "rollout", lambda engine, chosen, *a: [
+        [([1, 2], good, True), ([3], "no idea \\boxed{9}", False), ([4], "it is \\boxed{8}", False)] for _ in chosen])
+    engine = type("E", (), {"load_weights": lambda self, w: list(w)})()
+    pending = [5, 3, 9, 7, 5, 3, 9, 7]  # four items, two epochs
+    state = {"step": 32, "total": 59, "thresholds": th, "pending": list(pending), "hard": {20: 0, 21: 0, 22: 0},
+             "queue": [], "ref_logp": [], "records": {i: {} for i in (*pending, 20, 21, 22)}}
+    items = [{"prompt": [1], "response": [2], "target": {"answer": "12"}}] * 23
+    scorer = type("S", (), {"policy": torch.nn.Linear(1, 1)})()
+    rasft.refresh(state, scorer, engine, items, None, cfg, None)
+    q = [(s["item"], s["response"] is None) for s in state["queue"]]
+    n_rest = len(pending) - 4  # half of the 8 occurrences are picked
+    rest, leaver, groups = q[:n_rest], q[n_rest], q[n_rest + 1:]
+    assert [i for i, _ in rest] == [i for i in pending if i in [i for i, _ in rest]][:n_rest] and leaver == (20, True)
+    experts = [i for i, is_expert in groups if is_expert]
+    assert experts == sorted(experts) and 21 in experts and 22 not in experts and 20 not in experts
+    assert sorted([i for i, _ in rest] + [i for i in experts if i != 21]) == sorted(pending)  # every occurrence once
+    for k, (i, is_expert) in enumerate(groups):  # each expert is followed by its one correct rollout
+        assert is_expert == (k % 2 == 0) and groups[k - k % 2][0] == i
+    assert state["hard"] == {22: 1} and state["pending"] == []
