@@ -107,7 +107,7 @@ class Config:
     rollout_n: int = 3                 # samples per rolled-out prompt
     temperature: float = 0.9           # sampling temperature of rollouts
     top_p: float = 0.95                # nucleus sampling of rollouts
-    max_new_tokens: int = 1024         # per rollout, also bounded by max_len - prompt
+    max_new_tokens: int = 1024         # per rollout, also bounded by max_len - its prompt - 8
     repetition_penalty: float = 1.1    # of rollouts (1 = none)
     refresh_every: int = 32            # optimizer steps between refreshes
     rollout_frac: float = 0.35         # share of pending items rolled out at a refresh
