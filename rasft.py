@@ -1099,6 +1099,7 @@ class VLLMEngine:
     def __init__(self, llm, stop_ids, sleeps, free=None):
         self.llm, self.stop_ids, self.sleeps = llm, list(stop_ids), sleeps and torch.cuda.is_available()
         self.free, self.free_gib, self.awake = free or (lambda: None), {}, self.sleeps and not llm.llm_engine.is_sleeping()
+        self._sleep()
 
     @classmethod
     def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.9, seed=0, sleeps=False, dummy=False, free=None):
@@ -1120,11 +1121,10 @@ class VLLMEngine:
                       gpu_memory_utilization=gpu_memory, enable_sleep_mode=sleeps and cuda, enforce_eager=not cuda,
                       # torchrun: every rank its own engine (tensor parallel 1) on the launcher's process group
                       distributed_executor_backend="external_launcher" if dist.is_initialized() else None)
-        _LLM["llm"] = eng = cls(llm, stop_ids, sleeps, free)
-        eng._sleep()
-        return eng
+        _LLM["llm"] = llm
+        return cls(llm, stop_ids, sleeps, free)
 
-    def _sleep(self):  # not is_sleeping(): it stays True after load_weights woke the weights alone
+    def _sleep(self):  # by our own flag: is_sleeping() stays True after load_weights woke the weights alone
         if self.awake:
             self.llm.sleep(level=2)
             self.awake = False
@@ -1862,7 +1862,7 @@ def make_engine(scorer, tok, cfg, device):
         adam = 8 * sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in scorer.policy.parameters())
         torch.cuda.empty_cache()  # blocks cached by the rank-0 load and its broadcast are free for vLLM
         free = torch.tensor(torch.cuda.mem_get_info()[0], device=device)
-        dist.all_reduce(free, op=dist.ReduceOp.MIN)  # the same share everywhere, from the fullest GPU
+        dist.all_reduce(free, op=dist.ReduceOp.MIN)  # one share for all: vLLM sizes every KV cache like the least
         memory = vllm_memory(free.item(), torch.cuda.mem_get_info()[1], adam)
     return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok), cfg.max_len, memory or 0.9, cfg.seed + rank(),
                                       sleeps=True, dummy=True, free=getattr(scorer, "reshard", None))

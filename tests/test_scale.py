@@ -62,7 +62,7 @@ def engine(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=lambda **kw: kw))
     monkeypatch.setattr(rasft, "_training_state_kept", lambda threads=None: contextlib.nullcontext())  # no CUDA RNG
     eng = rasft.VLLMEngine(llm, [0], sleeps=True, free=lambda: llm.calls.append("free"))
-    eng._sleep()  # as from_pretrained does with a new engine
+    assert llm.calls == ["sleep 2"]  # a new engine is awake: it sleeps until the first push
     llm.calls.clear()
     return eng
 
