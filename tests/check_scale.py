@@ -2,7 +2,7 @@
 one GPU: nccl and FSDP2, the code path of eight). One line per check; the numbers also go to --json.
 
 1. compile: the compiled decoder layers, policy and reference (--layers each: 28 is Qwen2.5-7B's 56 instances),
-   through training forwards and backwards, no-grad policy forwards (routing, probes) and reference forwards,
+   through training forwards and backwards (activation checkpointing on, as for real models), no-grad policy forwards (routing, probes) and reference forwards,
    each at several widths: graphs compiled, recompiles, and whether dynamo hit its recompile limit (after which
    it silently runs the remaining layers uncompiled).
 2. FSDP2 root: the memory a no-grad forward leaves unsharded (policy and reference embeddings, norms, output
@@ -175,12 +175,15 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--vocab", type=int, default=152064)
     p.add_argument("--widths", type=int, default=3, help="how many of the widths 97, 384, 1023, 2048")
+    p.add_argument("--act_ckpt", type=rasft._str2bool, default=True, help="as rasft.py's default for real models")
     p.add_argument("--json")
     a = p.parse_args(argv)
     device, out = rasft.setup_dist(), {}
     tok = rasft.tiny_tokenizer()
     policy = build(tok, a)
     ref = rasft.frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if a.act_ckpt:  # as train() does: the backward recomputes each compiled layer
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     scorer = rasft.shard(rasft.Scorer(policy, ref), device, compile_layers=True)
     check_compile(scorer, device, a, out)
     check_root(scorer, device, a, out)
