@@ -95,6 +95,8 @@ def test_rollout_gives_each_prompt_its_own_budget(tok):
     seen = []
 
     class Recorder:
+        stop_ids = [tok.eos_token_id]  # as both engines
+
         def generate(self, prompts, n=1, max_tokens=None, **kw):
             seen.append(max_tokens)
             return [[[tok.eos_token_id]] * n for _ in prompts]
