@@ -108,7 +108,7 @@ class Config:
     rollout_n: int = 3                 # samples per rolled-out prompt
     temperature: float = 0.9           # sampling temperature of rollouts
     top_p: float = 0.95                # nucleus sampling of rollouts
-    max_new_tokens: int = 1024         # per rollout, also bounded by max_len - prompt
+    max_new_tokens: int = 1024         # per rollout, also bounded by max_len - its prompt - 8
     repetition_penalty: float = 1.1    # of rollouts (1 = none)
     refresh_every: int = 32            # optimizer steps between refreshes
     rollout_frac: float = 0.35         # share of pending items rolled out at a refresh
@@ -1023,8 +1023,8 @@ def verify(completion, target):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 6. Rollouts: one interface, two backends. generate() returns, per prompt, n lists of token ids,
-#    cut after the first of stop_ids; load_weights() takes (name, full tensor) pairs.
+# 6. Rollouts: one interface, two backends. generate() returns, per prompt, n lists of token ids (max_tokens: one
+#    budget, or one per prompt), cut after the first of stop_ids; load_weights() takes (name, full tensor) pairs.
 
 
 class HFEngine:
@@ -1037,8 +1037,7 @@ class HFEngine:
     def load_weights(self, named_tensors):
         params = dict(self.model.named_parameters())
         for name, t in named_tensors:
-            if name in params:
-                params[name].copy_(t)
+            params[name].copy_(t)
 
     @torch.no_grad()
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0,
@@ -1046,18 +1045,19 @@ class HFEngine:
         """batch: sequences per `generate` call (prompts x n)."""
         torch.manual_seed(seed)
         dev, pad = self.model.device, self.tok.pad_token_id
+        caps = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
         sample, step, out = temperature > 0, max(1, batch // n), []
         for i in range(0, len(prompts), step):
-            part = prompts[i:i + step]
+            part, cap = prompts[i:i + step], caps[i:i + step]
             width = max(map(len, part))  # left padding: generation continues from the right edge
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in part], device=dev)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=dev)
-            gen = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=sample,
+            gen = self.model.generate(  # to the largest budget; a sampled token never depends on the budget
+                input_ids=ids, attention_mask=mask, max_new_tokens=max(cap), do_sample=sample,
                 temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=0 if sample else None,
                 repetition_penalty=repetition_penalty, num_return_sequences=n, eos_token_id=self.stop_ids,
                 pad_token_id=pad)[:, width:].tolist()
-            out += [[cut_at_stop(g, self.stop_ids) for g in gen[j * n:(j + 1) * n]] for j in range(len(part))]
+            out += [[cut_at_stop(g[:c], self.stop_ids) for g in gen[j * n:(j + 1) * n]] for j, c in enumerate(cap)]
         return out
 
 
@@ -1109,18 +1109,20 @@ def pick_backend(name):
 
 class VLLMEngine:
     """One in-process vLLM engine per rank, created once. A training engine (sleeps=True, CUDA only) sleeps at
-    level 2, weights and KV cache freed, except while it generates, so training has the GPU memory: every
-    wake-up must get the current weights pushed (load_weights) before it generates."""
+    level 2, weights and KV cache freed, except while it generates, so training has the GPU memory: every wake-up
+    (after free(); GiB free before and after it kept in free_gib) must get the current weights pushed first."""
 
-    def __init__(self, llm, stop_ids, sleeps):
+    def __init__(self, llm, stop_ids, sleeps, free=None):
         self.llm, self.stop_ids, self.sleeps = llm, list(stop_ids), sleeps and torch.cuda.is_available()
+        self.free, self.free_gib, self.awake = free or (lambda: None), {}, self.sleeps and not llm.llm_engine.is_sleeping()
+        self._sleep()
 
     @classmethod
-    def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.9, seed=0, sleeps=False, dummy=False):
+    def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.9, seed=0, sleeps=False, dummy=False, free=None):
         """Engine on a Hugging Face model folder or Hub id (tok unused: prompts arrive as token ids); dummy: random
         weights, for an engine that gets every weight pushed before it generates; max_len clamped to the context."""
         if "llm" in _LLM:  # a second run in this process (demo: warm-up, then the method): the same engine
-            return cls(_LLM["llm"], stop_ids, sleeps)
+            return cls(_LLM["llm"], stop_ids, sleeps, free)
         from transformers import AutoConfig
         from vllm import LLM
         cuda = torch.cuda.is_available()
@@ -1136,18 +1138,21 @@ class VLLMEngine:
                       # torchrun: every rank its own engine (tensor parallel 1) on the launcher's process group
                       distributed_executor_backend="external_launcher" if dist.is_initialized() else None)
         _LLM["llm"] = llm
-        eng = cls(llm, stop_ids, sleeps)
-        eng._sleep()
-        return eng
+        return cls(llm, stop_ids, sleeps, free)
 
-    def _sleep(self):
-        if self.sleeps and not self.llm.llm_engine.is_sleeping():
+    def _sleep(self):  # by our own flag: is_sleeping() stays True after load_weights woke the weights alone
+        if self.awake:
             self.llm.sleep(level=2)
+            self.awake = False
 
     def _wake(self, tags=None):
         if self.sleeps and self.llm.llm_engine.is_sleeping():
+            self.free()
             torch.cuda.empty_cache()  # what training's allocator caches is what the engine is about to allocate
+            before = torch.cuda.mem_get_info()[0]
             self.llm.wake_up(tags)
+            self.awake = True
+            self.free_gib[(tags or ["all"])[0]] = [round(m / 2 ** 30, 2) for m in (before, torch.cuda.mem_get_info()[0])]
 
     @torch.no_grad()
     def load_weights(self, named_tensors):
@@ -1160,9 +1165,10 @@ class VLLMEngine:
         """Every rank calls it after load_weights, with no prompts if it has none: that puts the engine to sleep."""
         from vllm import SamplingParams
         sample = temperature > 0
-        sp = SamplingParams(n=n if sample else 1,  # vLLM refuses greedy n > 1; HF repeats the one answer, as we do
-                            temperature=temperature, top_p=top_p if sample else 1.0, max_tokens=max_tokens,
-                            repetition_penalty=repetition_penalty, stop_token_ids=self.stop_ids, detokenize=False)
+        sp = [SamplingParams(n=n if sample else 1,  # vLLM refuses greedy n > 1; HF repeats the one answer, as we do
+                             temperature=temperature, top_p=top_p if sample else 1.0, max_tokens=m,
+                             repetition_penalty=repetition_penalty, stop_token_ids=self.stop_ids, detokenize=False)
+              for m in (max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts))]
         reqs = [{"prompt_token_ids": list(p)} for p in prompts]  # token ids: exactly the prompts training sees
         outs = []
         if reqs:
@@ -1477,9 +1483,10 @@ def shard(scorer, device, compile_layers=False):
 
 
 def full_params(model):
-    """(name, full tensor) for each parameter. Under FSDP2 every rank must iterate: each is a collective."""
+    """(name, full tensor) per parameter, bf16 on GPUs. Under FSDP2 every rank must iterate: each is a collective."""
     for name, p in model.named_parameters():
-        yield name, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
+        p = p.detach().to(torch.bfloat16 if p.is_cuda else p.dtype)  # gathered in bf16: half the bytes of fp32
+        yield name, p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
 def save_hf(model, tok, path):
@@ -1498,10 +1505,14 @@ def save_hf(model, tok, path):
 
 
 def checkpoints(cfg):
-    """Complete checkpoints in --out/ckpt, newest first (state.pt is written last, and atomically)."""
+    """Complete checkpoints in --out/ckpt, newest first (state.pt is written last, and atomically), the same on
+    every rank: rank 0 alone writes state.pt, so ranks that see others have no shared --out, and the run stops."""
     d = os.path.join(cfg.out, "ckpt")
     steps = sorted((int(n[5:]) for n in os.listdir(d) if re.fullmatch(r"step_\d+", n)), reverse=True) if os.path.isdir(d) else []
-    return [p for s in steps if os.path.exists(os.path.join(p := os.path.join(d, f"step_{s}"), "state.pt"))]
+    mine = [p for s in steps if os.path.exists(os.path.join(p := os.path.join(d, f"step_{s}"), "state.pt"))]
+    if any(v != mine for v in all_gather_list([mine])):
+        raise UsageError(f"--out {cfg.out}: ranks see different checkpoints; put it on a filesystem every node shares")
+    return mine
 
 
 def save_checkpoint(scorer, opt, state, cfg):
@@ -1510,6 +1521,7 @@ def save_checkpoint(scorer, opt, state, cfg):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     path = os.path.join(cfg.out, "ckpt", f"step_{state['step']}")
+    old = checkpoints(cfg)[cfg.keep_ckpts - 1:]  # every rank lists: a --out that is not shared stops the run here
     model_sd, optim_sd = get_state_dict(scorer.policy, opt)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
     if rank0():
@@ -1517,8 +1529,8 @@ def save_checkpoint(scorer, opt, state, cfg):
             json.dump(dataclasses.asdict(cfg), f, indent=1)
         torch.save(state, os.path.join(path, "state.tmp"))
         os.replace(os.path.join(path, "state.tmp"), os.path.join(path, "state.pt"))  # complete from here on
-        for old in checkpoints(cfg)[cfg.keep_ckpts:]:
-            shutil.rmtree(old, ignore_errors=True)
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()
 
@@ -1722,8 +1734,8 @@ def rollout(engine, chosen, items, tok, cfg, step):
     item a list of (token ids ending with the end token, as the authors train a rollout, text, correct)."""
     mine = shard_of(chosen)
     prompts = [items[i]["prompt"] for i in mine]  # a rank with none still calls generate: it puts vLLM to sleep
-    gens = engine.generate(prompts, n=cfg.rollout_n, temperature=cfg.temperature, top_p=cfg.top_p,
-                           max_tokens=max(1, min(cfg.max_new_tokens, cfg.max_len - max(map(len, prompts), default=0))),
+    gens = engine.generate(prompts, n=cfg.rollout_n, temperature=cfg.temperature, top_p=cfg.top_p,  # as the authors
+                           max_tokens=[max(1, min(cfg.max_new_tokens, cfg.max_len - len(p) - 8)) for p in prompts],
                            repetition_penalty=cfg.repetition_penalty, seed=cfg.seed + 7919 * step + rank())
     texts = [tok.batch_decode(group, skip_special_tokens=True) for group in gens]
     ok = iter(verify_all([(graded(t, items[i]["target"], cfg), items[i]["target"]) for i, group in zip(mine, texts)
@@ -1794,7 +1806,8 @@ def refresh(state, scorer, engine, items, tok, cfg, device):
                             "solutions, --rollout_filter minimal" if cfg.rollout_filter == "authors" else ""))
     state["last"] = {"event": "refresh", "step": state["step"], "pending": len(pending), "rolled_out": len(chosen),
                      "probed": len(probes), "pass": n_correct / max(n_samples, 1), "malformed": n_broken / max(n_samples, 1),
-                     "queued_rollouts": len(rollouts), "hard_pool": len(hard), "low": low, "high": high}
+                     "queued_rollouts": len(rollouts), "hard_pool": len(hard), "low": low, "high": high,
+                     "free_gib": getattr(engine, "free_gib", None)}
     return state["last"]
 
 
@@ -1920,10 +1933,21 @@ def make_engine(scorer, tok, cfg, device):
         save_hf(scorer.policy, tok, path)
     if device.type == "cuda" and not memory:  # auto: most of what the shards and their AdamW states leave free
         adam = 8 * sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in scorer.policy.parameters())
-        free, total = torch.cuda.mem_get_info()
-        memory = 0.85 * (free - adam) / total
-    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok, scorer.policy.generation_config), cfg.max_len, memory or 0.9, cfg.seed + rank(),
-                                      sleeps=True, dummy=True)
+        torch.cuda.empty_cache()  # blocks cached by the rank-0 load and its broadcast are free for vLLM
+        free = torch.tensor(torch.cuda.mem_get_info()[0], device=device)
+        dist.all_reduce(free, op=dist.ReduceOp.MIN)  # one share for all: vLLM sizes every KV cache like the least
+        memory = vllm_memory(free.item(), torch.cuda.mem_get_info()[1], adam)
+    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok, scorer.policy.generation_config), cfg.max_len,
+                                      memory or 0.9, cfg.seed + rank(), sleeps=True, dummy=True,
+                                      free=getattr(scorer, "reshard", None))
+
+
+def vllm_memory(free, total, adam):
+    """The automatic --vllm_gpu_memory: 85% of what the fullest GPU has free less AdamW's states (made at step 1)."""
+    if (share := 0.85 * (free - adam) / total) > 0:
+        return share
+    raise UsageError(f"--vllm_gpu_memory: training leaves {free / 2 ** 30:.1f} of {total / 2 ** 30:.1f} GiB free and "
+                     f"AdamW needs {adam / 2 ** 30:.1f}: no room for vLLM; use more GPUs or --rollout_backend hf")
 
 
 def evaluate(engine, scorer, rows, tok, cfg):

@@ -9,7 +9,11 @@
 # 2. the demo under torchrun on one GPU: nccl, FSDP2 with bf16 compute, compiled layers, HF rollouts; the
 #    code path of an 8-GPU run (and again with vLLM rollouts where vLLM is installed: push, then generate)
 # 3. a killed run resumed on CUDA against an uninterrupted one, and two uninterrupted runs against each other
-# 4. the test suite (the CPU suite: it hides the GPUs), where pytest is installed
+# 4. what a large run depends on (tests/check_scale.py): recompiles of 56 compiled layer instances, the FSDP2 root
+#    freed before a wake-up, the verifier forked under CUDA and NCCL, the vLLM memory share; with vLLM: a rank with
+#    no prompts gives the engine's memory back, free memory around each wake-up, per-prompt budgets
+# 5. the test suite (the CPU suite: it hides the GPUs), where pytest is installed
+# Lines that need vLLM say so and are skipped where it is not installed; everything else runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-/tmp/rasft_gpu_check}}
@@ -31,6 +35,11 @@ run() {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 has() { python -c "import $1" 2>/dev/null; }
+# The CUDA 13 wheels (torch 2.13 and vLLM 0.32 from PyPI) need an NVIDIA driver of the 580 series or newer
+driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1)
+cuda=$(python -c "import torch; print(torch.version.cuda or 0)")
+[ "${cuda%%.*}" -lt 13 ] || [ "${driver%%.*}" -ge 580 ] && verdict="new enough" || verdict="too old: CUDA 13 needs >= 580"
+echo "driver $driver | torch built for CUDA $cuda | driver $verdict"
 
 run bench_uniform 140 8 python tests/bench_step.py --shape 1.5B --lengths uniform --seq 2048 --micro_batch 8
 run bench_real 140 8 python tests/bench_step.py --shape 1.5B --lengths real
@@ -39,7 +48,16 @@ grep -E "^(rollout backend|calibration|trained)" "$out/demo.log"
 grep -E "^step " "$out/demo.log" | tail -n 2
 if has vllm; then
   run demo_vllm 200 6 torchrun --standalone --nproc_per_node 1 rasft.py --rollout_backend vllm --out "$runs/demo_vllm"
+  # free GPU memory (GiB) before and after each wake-up, as the run's refresh records hold it
+  grep '"event": "refresh"' "$runs/demo_vllm/metrics.jsonl" | head -n 3 | python -c "import json, sys
+for r in map(json.loads, sys.stdin): print('refresh @ step', r['step'], '| free GiB around wake-ups', r.get('free_gib'))"
+  scale_limit=300
+else
+  echo "== demo_vllm: skipped (vLLM is not installed here)"
+  scale_limit=150
 fi
+run scale $scale_limit 2 torchrun --standalone --nproc_per_node 1 tests/check_scale.py --json "$out/scale.json"
+grep -E "^(compile|  recompile reason|fsdp root|verifier|vllm)" "$out/scale.log"
 run resume 80 2 python tests/check_resume.py --out "$runs/resume" --twice
 if has pytest; then
   run suite 60 3 python -m pytest -q -p no:cacheprovider tests

@@ -77,6 +77,16 @@ def test_n_samples_per_prompt_cut_at_stop(engine, tok, prompts):
     assert all(len(g) == 3 and g[0] == g[1] == g[2] for g in greedy)
 
 
+def test_each_prompt_gets_its_own_budget(engine, tok, prompts):
+    """One SamplingParams per prompt: a budget limits its own prompt only (greedy: a prefix of the longest run)."""
+    stop, caps = rasft.stop_token_ids(tok), [3, 12, 1, 7]
+    engine.load_weights(model(tok, 0).named_parameters())
+    longest = engine.generate(prompts, max_tokens=12)
+    got = engine.generate(prompts, max_tokens=caps)
+    assert [g[0] for g in got] == [rasft.cut_at_stop(f[0][:cap], stop) for f, cap in zip(longest, caps)]
+    assert sum(len(g[0]) == cap and g[0][-1] not in stop for g, cap in zip(got, caps)) >= 2  # the budgets bound
+
+
 def test_pushed_weights_drive_generation_and_match_hf(engine, tok, prompts):
     """Greedy token ids equal HF `generate` on the same weights, before and after a push. Both run fp32
     on CPU; near-ties between the top two logits could in principle flip a token (different kernels),
