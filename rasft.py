@@ -185,14 +185,15 @@ QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
 
 def parse_args(argv=None):
     """argparse from the Config fields: every flag, its type, default and help come from there."""
-    p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1],
+                                allow_abbrev=False)  # a shortened flag could later come to mean another one
     group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
     for line in inspect.getsource(Config).splitlines():  # groups and help text are the comments in Config
         if m := re.match(r"    # (\w+)$", line):
             group = p.add_argument_group(m[1])
         elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
             kind, demo = types[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
-            group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__,
+            group.add_argument(f"--{m[1]}", type=true_or_false if kind is bool else kind, metavar=kind.__name__,
                                help=f"{m[3]} (default: {m[2]}{'' if demo is None else f'; demo: {demo!r}'})"
                                .replace("%", "%%"))
     given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
@@ -232,7 +233,7 @@ def check(cfg):
         raise UsageError(f"--out {cfg.out} is a file: pass a folder")
 
 
-def _str2bool(s):  # argparse turns the ValueError of anything else into a usage error
+def true_or_false(s):  # argparse names it for anything else: "invalid true_or_false value: 'maybe'"
     return ("false", "true").index(s.lower()) == 1
 
 

@@ -60,3 +60,11 @@ def test_a_fresh_run_will_not_run_over_checkpoints(tmp_path, capsys):
     os.makedirs(tmp_path / "out" / "ckpt" / "step_4")
     (tmp_path / "out" / "ckpt" / "step_4" / "state.pt").write_bytes(b"x")
     assert "holds checkpoints of an earlier run: --resume true continues it" in fail(tmp_path, capsys)
+
+
+def test_flags_name_their_values_and_are_never_abbreviated(capsys):
+    for args, says in [(["--adaptive", "maybe"], "argument --adaptive: invalid true_or_false value: 'maybe'"),
+                       (["--eval_item", "3"], "unrecognized arguments: --eval_item 3")]:
+        with pytest.raises(SystemExit):
+            rasft.parse_args(args)
+        assert says in capsys.readouterr().err
