@@ -354,8 +354,8 @@ def from_hub(load, name, flag, **kw):
     try:
         return load(name, **kw)
     except (OSError, ValueError) as e:  # not found, no network, not a model or data set
-        raise UsageError(f"--{flag} {name}: cannot load it ({str(e).strip().splitlines()[0]}); "
-                         "without network, pass a local folder") from None
+        raise UsageError(f"--{flag} {name}: cannot load it ({str(e).strip().splitlines()[0]})" + (
+            "" if os.path.exists(name) else "; without network, pass a local folder")) from None
 
 
 def check_jsonl(path):
@@ -1432,9 +1432,9 @@ def full_params(model):
         yield name, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
 
 
-def save_hf(model, tok, path):
-    """Weights in the dtype the model came in, config and tokenizer, loadable by from_pretrained and vLLM.
-    Only rank 0 gathers the full state dict (on CPU)."""
+def save_hf(model, tok, path, cfg=None):
+    """Weights in the dtype the model came in, config and tokenizer, loadable by from_pretrained and vLLM; with
+    cfg, rasft.json: how the prompts were built, which eval.py uses. Only rank 0 gathers the full state dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank0():
@@ -1442,6 +1442,10 @@ def save_hf(model, tok, path):
         model.save_pretrained(path, state_dict={k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()})
         model.config.dtype = dtype  # save_pretrained wrote the dtype of the fp32 masters into config.json
         model.config.save_pretrained(path)
+        if cfg:  # the chat template itself is in the tokenizer's files
+            with open(os.path.join(path, "rasft.json"), "w") as f:
+                json.dump({"chat_template": True, "system_prompt": cfg.system_prompt, "code_prompt": cfg.code_prompt,
+                           "end_token_id": end_token_id(tok), "end_token": tok.convert_ids_to_tokens(end_token_id(tok))}, f)
         tok.save_pretrained(path)
     if dist.is_initialized():
         dist.barrier()
@@ -1811,7 +1815,7 @@ def train(cfg):
         log.close()
     if run:
         run.finish()
-    save_hf(scorer.policy, tok, cfg.out)
+    save_hf(scorer.policy, tok, cfg.out, cfg)
     if rank0() and state["records"]:
         with open(os.path.join(cfg.out, "solvability.jsonl"), "w") as f:
             f.writelines(json.dumps({"item": i, **state["records"][i]}) + "\n" for i in sorted(state["records"]))
