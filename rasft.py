@@ -454,6 +454,8 @@ def held_out(items, cfg, tok):
     if cfg.data in ("demo", "demo_shift") or not cfg.eval_items:
         return items, demo_heldout(cfg, tok) if cfg.data in ("demo", "demo_shift") and cfg.eval_items else []
     with_target = [i for i, it in enumerate(items) if it["target"]]
+    if cfg.eval_items >= len(with_target):  # none would be left to train on
+        raise UsageError(f"--eval_items {cfg.eval_items}: only {len(with_target)} items have an answer or tests; hold out fewer")
     pick = set(sorted(with_target, key=lambda i: zlib.crc32(str(items[i]["prompt"]).encode()))[:cfg.eval_items])
     print0(f"held out {len(pick)} items to evaluate before and after")
     return [it for i, it in enumerate(items) if i not in pick], [it for i, it in enumerate(items) if i in pick]
@@ -1749,6 +1751,8 @@ def train(cfg):
         print0(f"--max_len {cfg.max_len} is longer than {cfg.model}'s context: using {context}")
         cfg = dataclasses.replace(cfg, max_len=context)
     items, heldout = held_out(build_items(load_rows(cfg), cfg, tok)[0], cfg, tok)
+    if cfg.model == "tiny" and cfg.demo_warmup:  # once the checks above passed: --out, the model, the data
+        policy = load_policy(cfg := warm_up(cfg), tok)
     adaptive = cfg.adaptive and cfg.loss == "rasft"
     ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32) \
         if adaptive or cfg.loss in KL_LOSSES else None
@@ -1948,12 +1952,13 @@ def demo_heldout(cfg, tok):
 
 
 def warm_up(cfg):
-    """The method starts from a model that solves some problems: warm the random tiny model up with
-    plain SFT (on other problems of the task), then point cfg at the result. A resumed run reuses it."""
+    """The method starts from a model that solves some problems: warm the random tiny model up with plain SFT, as
+    the demo does whatever the data (the user's flags are for the user's data); then point cfg at it."""
     steps = min(cfg.demo_warmup, cfg.max_steps or cfg.demo_warmup)
-    warm = dataclasses.replace(cfg, data="demo", loss="sft", adaptive=False, max_steps=steps, epochs=steps, seed=cfg.seed + 1,
-                               lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, warmup=0.0, lr_horizon=0,
-                               out=os.path.join(cfg.out, "warmup"), save_every=0, resume=False)
+    warm = dataclasses.replace(parse_args(["--loss", "sft", "--warmup", "0"]), max_steps=steps, epochs=steps,
+                               seed=cfg.seed + 1, lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, demo_warmup=0,
+                               out=os.path.join(cfg.out, "warmup"), rollout_backend=cfg.rollout_backend,
+                               vllm_gpu_memory=cfg.vllm_gpu_memory, compile=cfg.compile)  # the engine is the run's
     if cfg.resume and os.path.exists(os.path.join(warm.out, "tokenizer_config.json")):  # save_hf writes it last
         print0(f"== demo warm-up: reusing the finished one in {warm.out}")
     else:
@@ -1971,8 +1976,6 @@ def main(argv=None):
             # A second thread gains the tiny model little, and idle OMP threads spin (2 made every step 8x slower on
             # a 2-core machine with one core busy); one thread also makes the printed numbers the same on any machine.
             torch.set_num_threads(1)
-        if cfg.model == "tiny" and cfg.demo_warmup:
-            cfg = warm_up(cfg)
         return train(cfg)
     except UsageError as e:
         print0(f"error: {e}", file=sys.stderr)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 import rasft
-from conftest import needs_datasets
+from conftest import needs_datasets, small_cfg
 
 
 def fail(tmp_path, capsys, *args):
@@ -68,3 +68,55 @@ def test_flags_name_their_values_and_are_never_abbreviated(capsys):
         with pytest.raises(SystemExit):
             rasft.parse_args(args)
         assert says in capsys.readouterr().err
+
+
+# Everything that can be checked is checked before the demo's warm-up (here 3 steps, capped by --max_steps 2): an
+# error after it would leave out/warmup behind, which fail() sees as a changed folder.
+@needs_datasets
+def test_data_mistakes_stop_before_the_warm_up(tmp_path, capsys):
+    warm = ["--demo_warmup", "3", "--max_steps", "2"]
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "d.csv").write_text("problem,solution\n1+1,2\n")
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"question": f"{k}+1?", "worked": f"\\boxed{{{k + 1}}}"}) + "\n"
+                                              for k in range(5)))
+    for args, says in [(["--data", str(tmp_path / "missing.jsonl")], "missing.jsonl: no such file or folder"),
+                       (["--data", str(tmp_path / "d.csv")], "d.csv: unknown extension .csv"),
+                       (["--data", str(tmp_path / "empty.jsonl")], "empty.jsonl: no rows"),
+                       (["--data", str(tmp_path / "q.jsonl"), "--prompt_field", "problem"],
+                        f"--data {tmp_path / 'q.jsonl'}: no field 'problem' (--prompt_field); fields: question, worked"),
+                       (["--data", str(tmp_path / "q.jsonl"), "--prompt_field", "question", "--response_field", "worked",
+                         "--eval_items", "5"], "--eval_items 5: only 5 items have an answer or tests; hold out fewer")]:
+        assert says in fail(tmp_path, capsys, *warm, *args)
+    os.makedirs(tmp_path / "out" / "ckpt" / "step_4")
+    (tmp_path / "out" / "ckpt" / "step_4" / "state.pt").write_bytes(b"x")
+    assert "holds checkpoints of an earlier run" in fail(tmp_path, capsys, *warm)
+
+
+@needs_datasets
+def test_eval_items_beyond_the_data_is_one_line_not_a_crash(tmp_path, capsys):
+    """Through main() and through train() (held_out counts the items left after those too long were dropped)."""
+    rows = [{"problem": f"{k}+1?", "solution": f"{k}+1={k + 1}. \\boxed{{{k + 1}}}"} for k in range(12)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "--eval_items 20: only 12 items have an answer or tests; hold out fewer" in fail(
+        tmp_path, capsys, "--data", str(tmp_path / "d.jsonl"), "--eval_items", "20")
+    cfg = small_cfg(tmp_path / "t", "--data", str(tmp_path / "d.jsonl"), "--eval_items", "12", "--max_steps", "1")
+    with pytest.raises(rasft.UsageError, match="--eval_items 12: only 12 items have an answer or tests"):
+        rasft.train(cfg)
+
+
+@needs_datasets
+def test_the_tiny_model_on_own_data_warms_up_as_the_demo(tmp_path, capsys):
+    """The user's field flags and the real-model defaults (system prompt, max_len 2048) are for the user's data;
+    the warm-up keeps the demo's own."""
+    rows = [{"question": f"What is {a}+{b}?", "worked": f"{a}+{b}={a + b}. \\boxed{{{a + b}}}"}
+            for a in range(1, 6) for b in range(1, 6)]
+    (tmp_path / "arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    rasft.main(["--data", str(tmp_path / "arith.jsonl"), "--prompt_field", "question", "--response_field", "worked",
+                "--out", str(out), "--rollout_backend", "hf", "--demo_warmup", "2", "--max_steps", "2",
+                "--batch_size", "8", "--eval_items", "0"])
+    said = capsys.readouterr().out
+    assert "data demo: 1900 items of 1900 rows" in said and "cut to --max_len 256 " in said  # the warm-up's data
+    assert f"data {tmp_path / 'arith.jsonl'}: 25 items of 25 rows" in said and "cut to --max_len 1024 " in said
+    warm, own = (json.loads((d / "rasft.json").read_text()) for d in (out / "warmup", out))
+    assert warm["system_prompt"] == "" and own["system_prompt"] == rasft.Config.system_prompt
