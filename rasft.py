@@ -41,6 +41,7 @@ import atexit
 import contextlib
 import dataclasses
 import datetime
+import fcntl
 import inspect
 import itertools
 import json
@@ -1512,6 +1513,43 @@ def open_metrics(cfg, state):
     return log
 
 
+def claim_out(cfg):
+    """Checkpoints agree with --resume; then rank 0 locks --out, and every rank learns whether it could."""
+    if bool(checkpoints(cfg)) != cfg.resume:  # a new run over an earlier one's checkpoints, or a resume with none
+        raise UsageError(f"--resume true: no checkpoint in {cfg.out}/ckpt: check --out, or start anew without --resume"
+                         if cfg.resume else f"--out {cfg.out} holds checkpoints of an earlier run: --resume true "
+                         "continues it, another --out starts a new one")
+    if err := all_gather_list([lock_out(cfg.out) if rank0() and cfg.out not in _LOCKS else None])[0]:
+        raise UsageError(err)
+
+
+_LOCKS = {}  # --out -> its open lock file: a flock, which the OS drops when the process ends, however it ends
+
+
+def lock_out(out):
+    """None once this process holds --out, else the error line; a lock file left by a run that is gone is taken over."""
+    os.makedirs(out, exist_ok=True)
+    f = open(os.path.join(out, "rasft.lock"), "a+")
+    holder = open(f.name).read()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return f"--out {out} is in use by {holder or 'another run'}: let it finish, or pass another --out"
+    if holder:
+        print0(f"--out {out}: taking it over from {holder}, which is gone")
+    open(f.name, "w").write(f"process {os.getpid()} on {os.uname().nodename}")  # another descriptor: f keeps the lock
+    _LOCKS[out] = f
+
+
+def release_out():
+    """main()'s last act: remove this process's lock files, and --out if the run wrote nothing else there."""
+    for out, f in _LOCKS.items():
+        os.remove(f.name)
+        with contextlib.suppress(OSError):  # not empty
+            os.rmdir(out)
+    _LOCKS.clear()  # closing the files drops the locks
+
+
 # ---------------------------------------------------------------------------------------------------
 # 10. Training: one loop, four phases per optimizer step: route -> refresh -> step -> log/save.
 
@@ -1742,9 +1780,7 @@ def train(cfg):
     """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (or None)."""
     device = setup_dist()
     torch.manual_seed(cfg.seed)
-    if checkpoints(cfg) and not cfg.resume:
-        raise UsageError(f"--out {cfg.out} holds checkpoints of an earlier run: --resume true continues it, "
-                         "another --out starts a new one")
+    claim_out(cfg)
     tok = load_tokenizer(cfg)
     policy = load_policy(cfg, tok)
     if cfg.max_len > (context := policy.config.max_position_embeddings):
@@ -1763,7 +1799,6 @@ def train(cfg):
                    cfg.compile == "auto" and device.type == "cuda")
     engine = make_engine(scorer, tok, cfg, device) if adaptive or heldout else None
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    os.makedirs(cfg.out, exist_ok=True)
     state = load_checkpoint(scorer, opt, cfg) if cfg.resume else None
     acc0 = evaluate(engine, scorer, heldout, tok, cfg)[0] if heldout and state is None else None
     if state is None:
@@ -1984,6 +2019,7 @@ def main(argv=None):
         close_vllm()  # first: vLLM's teardown uses the process group (and then destroys it)
         if dist.is_initialized():
             dist.destroy_process_group()
+        release_out()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """A user's mistakes end in one line that says what to fix, exit code 2, and the output folder untouched."""
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -62,14 +65,6 @@ def test_a_fresh_run_will_not_run_over_checkpoints(tmp_path, capsys):
     assert "holds checkpoints of an earlier run: --resume true continues it" in fail(tmp_path, capsys)
 
 
-def test_flags_name_their_values_and_are_never_abbreviated(capsys):
-    for args, says in [(["--adaptive", "maybe"], "argument --adaptive: invalid true_or_false value: 'maybe'"),
-                       (["--eval_item", "3"], "unrecognized arguments: --eval_item 3")]:
-        with pytest.raises(SystemExit):
-            rasft.parse_args(args)
-        assert says in capsys.readouterr().err
-
-
 # Everything that can be checked is checked before the demo's warm-up (here 3 steps, capped by --max_steps 2): an
 # error after it would leave out/warmup behind, which fail() sees as a changed folder.
 @needs_datasets
@@ -102,6 +97,67 @@ def test_eval_items_beyond_the_data_is_one_line_not_a_crash(tmp_path, capsys):
     cfg = small_cfg(tmp_path / "t", "--data", str(tmp_path / "d.jsonl"), "--eval_items", "12", "--max_steps", "1")
     with pytest.raises(rasft.UsageError, match="--eval_items 12: only 12 items have an answer or tests"):
         rasft.train(cfg)
+
+
+def test_resume_needs_a_checkpoint(tmp_path, capsys):
+    says = f"--resume true: no checkpoint in {tmp_path / 'out' / 'ckpt'}: check --out"
+    assert says in fail(tmp_path, capsys, "--resume", "true", "--demo_warmup", "3", "--max_steps", "2")
+    with pytest.raises(SystemExit):  # a typo in --out: nothing there, and nothing made there
+        rasft.main(["--out", str(tmp_path / "typo"), "--resume", "true"])
+    assert "no checkpoint in" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+def test_flags_name_their_values_and_are_never_abbreviated(capsys):
+    for args, says in [(["--adaptive", "maybe"], "argument --adaptive: invalid true_or_false value: 'maybe'"),
+                       (["--eval_item", "3"], "unrecognized arguments: --eval_item 3")]:
+        with pytest.raises(SystemExit):
+            rasft.parse_args(args)
+        assert says in capsys.readouterr().err
+
+
+HOLDER = """import sys, time
+sys.path.insert(0, {repo!r})
+import rasft
+assert rasft.lock_out({out!r}) is None
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_one_run_per_out_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    code = HOLDER.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), out=str(out))
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        err = fail(tmp_path, capsys, "--max_steps", "1")
+        assert f"--out {out} is in use by process {holder.pid} on {socket.gethostname()}: let it finish" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / "rasft.lock").exists()  # killed: its file is left, its lock is not
+    rasft.main(["--out", str(out), "--demo_warmup", "0", "--rollout_backend", "hf", "--max_items", "16",
+                "--batch_size", "8", "--eval_items", "0", "--max_steps", "1"])
+    said = capsys.readouterr().out
+    assert f"--out {out}: taking it over from process {holder.pid} on {socket.gethostname()}, which is gone" in said
+    assert "trained 1 steps" in said and not (out / "rasft.lock").exists()  # released at the end
+
+
+def test_under_torchrun_every_rank_stops_at_a_held_out(tmp_path):
+    """Rank 0 alone takes the lock; the others must learn the verdict and stop too, not wait in a collective."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert rasft.lock_out(str(out)) is None  # held by this process
+    try:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(os.path.dirname(rasft.__file__), "rasft.py"), "--out", str(out), "--demo_warmup", "0"]
+        run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                             timeout=300)
+    finally:
+        rasft.release_out()
+    assert run.stderr.count(f"error: --out {out} is in use by process {os.getpid()}") == 1  # rank 0 prints
+    assert run.stderr.count("exitcode  : 2") == 2 and 'rasft.py", line' not in run.stderr  # torchrun's report
 
 
 @needs_datasets
