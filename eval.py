@@ -298,11 +298,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     for field in ("prompt", "response", "answer", "tests", "entry"):
         p.add_argument(f"--{field}_field", default="", help=f"own file: the {field} field (default: auto-detected)")
-    p.add_argument("--prompt", default="chat", choices=["chat", "alpaca"],
-                   help="chat: the training prompt (chat template + system prompt); alpaca: the authors' evaluation prompt")
     for flag in PROMPT_FLAGS:
         p.add_argument(f"--{flag}", help=f"--prompt chat: the {flag.replace('_', ' ')} ('': none) (default: the one "
                        "the model was trained with, from its rasft.json; without one, rasft's default)")
+    p.add_argument("--prompt", default="chat", choices=["chat", "alpaca"],
+                   help="chat: the training prompt (chat template + system prompt); alpaca: the authors' evaluation prompt")
     args = p.parse_args(argv)
     args.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     return args

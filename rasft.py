@@ -194,7 +194,7 @@ def parse_args(argv=None):
             group = p.add_argument_group(m[1])
         elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
             kind, demo = types[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
-            group.add_argument(f"--{m[1]}", type=true_or_false if kind is bool else kind, metavar=kind.__name__,
+            group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__,
                                help=f"{m[3]} (default: {m[2]}{'' if demo is None else f'; demo: {demo!r}'})"
                                .replace("%", "%%"))
     given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
@@ -234,8 +234,10 @@ def check(cfg):
         raise UsageError(f"--out {cfg.out} is a file: pass a folder")
 
 
-def true_or_false(s):  # argparse names it for anything else: "invalid true_or_false value: 'maybe'"
-    return ("false", "true").index(s.lower()) == 1
+def _str2bool(s):
+    if s.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{s!r}: use true or false")  # argparse prints it after the flag's name
+    return s.lower() == "true"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1513,8 +1515,7 @@ def open_metrics(cfg, state):
     return log
 
 
-def claim_out(cfg):
-    """Checkpoints agree with --resume; then rank 0 locks --out, and every rank learns whether it could."""
+def claim_out(cfg):  # checkpoints agree with --resume; rank 0 locks --out, and every rank learns whether it could
     if bool(checkpoints(cfg)) != cfg.resume:  # a new run over an earlier one's checkpoints, or a resume with none
         raise UsageError(f"--resume true: no checkpoint in {cfg.out}/ckpt: check --out, or start anew without --resume"
                          if cfg.resume else f"--out {cfg.out} holds checkpoints of an earlier run: --resume true "
@@ -1526,8 +1527,7 @@ def claim_out(cfg):
 _LOCKS = {}  # --out -> its open lock file: a flock, which the OS drops when the process ends, however it ends
 
 
-def lock_out(out):
-    """None once this process holds --out, else the error line; a lock file left by a run that is gone is taken over."""
+def lock_out(out):  # None once this process holds --out, else the error line; a dead run's lock file is taken over
     os.makedirs(out, exist_ok=True)
     f = open(os.path.join(out, "rasft.lock"), "a+")
     holder = open(f.name).read()
@@ -1541,8 +1541,7 @@ def lock_out(out):
     _LOCKS[out] = f
 
 
-def release_out():
-    """main()'s last act: remove this process's lock files, and --out if the run wrote nothing else there."""
+def release_out():  # main()'s last act: remove this process's lock files, and an --out the run left empty
     for out, f in _LOCKS.items():
         os.remove(f.name)
         with contextlib.suppress(OSError):  # not empty

@@ -108,7 +108,7 @@ def test_resume_needs_a_checkpoint(tmp_path, capsys):
 
 
 def test_flags_name_their_values_and_are_never_abbreviated(capsys):
-    for args, says in [(["--adaptive", "maybe"], "argument --adaptive: invalid true_or_false value: 'maybe'"),
+    for args, says in [(["--adaptive", "maybe"], "argument --adaptive: 'maybe': use true or false"),
                        (["--eval_item", "3"], "unrecognized arguments: --eval_item 3")]:
         with pytest.raises(SystemExit):
             rasft.parse_args(args)
