@@ -144,20 +144,30 @@ def test_one_run_per_out_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
     assert "trained 1 steps" in said and not (out / "rasft.lock").exists()  # released at the end
 
 
-def test_under_torchrun_every_rank_stops_at_a_held_out(tmp_path):
-    """Rank 0 alone takes the lock; the others must learn the verdict and stop too, not wait in a collective."""
+def test_with_two_ranks_every_rank_stops_at_a_held_out(tmp_path):
+    """Rank 0 alone takes the lock; rank 1 must learn the verdict and stop too, not wait in a collective. The ranks
+    are started as torchrun starts them, without its agent, which would kill a waiting rank once rank 0 ended."""
     out = tmp_path / "out"
     out.mkdir()
     assert rasft.lock_out(str(out)) is None  # held by this process
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port}
+    script = os.path.join(os.path.dirname(rasft.__file__), "rasft.py")
+    ranks = [subprocess.Popen([sys.executable, script, "--out", str(out), "--demo_warmup", "0"], text=True,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for r in range(2)]
     try:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               os.path.join(os.path.dirname(rasft.__file__), "rasft.py"), "--out", str(out), "--demo_warmup", "0"]
-        run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                             timeout=300)
+        errs = [p.communicate(timeout=300)[1] for p in ranks]
     finally:
         rasft.release_out()
-    assert run.stderr.count(f"error: --out {out} is in use by process {os.getpid()}") == 1  # rank 0 prints
-    assert run.stderr.count("exitcode  : 2") == 2 and 'rasft.py", line' not in run.stderr  # torchrun's report
+        for p in ranks:
+            p.kill()
+    assert [p.returncode for p in ranks] == [2, 2], errs
+    assert errs[0].strip() == f"error: --out {out} is in use by process {os.getpid()} on {os.uname().nodename}: let " \
+                              "it finish, or pass another --out" and errs[1].strip() == ""  # rank 0 alone prints
 
 
 @needs_datasets
