@@ -9,7 +9,8 @@ Prompts are built as the model was trained (rasft.prompt_text: the chat template
 rasft.py recorded in the model's folder, rasft.json, or rasft's default for a model trained elsewhere; code
 problems get the code instruction instead; --system_prompt and --code_prompt override them), or with --prompt
 alpaca the authors' evaluation prompt (the "alpaca" template of their Qwen2.5-Math evaluation harness: no chat
-template, no system prompt), so that numbers can be set beside the paper's table. Samples come from the rollout engine (vLLM, else HF
+template, no system prompt), so that numbers can be set beside the paper's table.
+Samples come from the rollout engine (vLLM, else HF
 generate) and are graded by rasft's verifier: math answers with verify_math, code by running the
 benchmark's own tests in the sandbox. Per benchmark: avg@n, the mean accuracy over all samples, and
 pass@k for k in {1, n} with the unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021).
@@ -117,8 +118,9 @@ def load_rows(name, data_dir):
     try:
         return [row for config in b.configs for row in load_dataset(b.hub, config, split=b.split)]
     except OSError as e:  # no network (ConnectionError), or the Hub refused
-        raise rasft.UsageError(f"--benchmarks {name}: cannot load {b.hub} from the Hub ({str(e).strip().splitlines()[0]}); "
-                               f"without network, pass --data_dir with local copies ({b.file}, ...)") from None
+        raise rasft.UsageError(f"--benchmarks {name}: cannot load {b.hub} from the Hub "
+                               f"({str(e).strip().splitlines()[0]}); without network, pass --data_dir with local "
+                               f"copies ({b.file}, ...)") from None
 
 
 def load_items(name, data_dir, limit=0, fields=None):
@@ -305,22 +307,24 @@ def parse_args(argv=None):
                    help="chat: the training prompt (chat template + system prompt); alpaca: the authors' evaluation prompt")
     args = p.parse_args(argv)
     args.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    args.out = args.out or os.path.join(args.model if os.path.isdir(args.model) else "out", "eval")
     return args
 
 
 def check(args):
     """What argparse cannot check, as one line that says what to fix."""
     for b in args.benchmarks:
-        if b not in BENCHMARKS and not b.endswith((".jsonl", ".json", ".parquet")):
-            raise rasft.UsageError(
-                f"--benchmarks {b}: " + (f"unknown extension .{b.rsplit('.', 1)[-1]}; an own file must end in .jsonl, "
-                                         ".json or .parquet" if os.path.isfile(b) or "." in os.path.basename(b) else
-                                         f"unknown; choose from {', '.join(BENCHMARKS)}, or pass a .jsonl/.json/.parquet file"))
+        if b in BENCHMARKS or b.endswith((".jsonl", ".json", ".parquet")):
+            continue
+        if os.path.isfile(b) or "." in os.path.basename(b):  # meant as an own file
+            raise rasft.UsageError(f"--benchmarks {b}: unknown extension .{b.rsplit('.', 1)[-1]}; an own file must end "
+                                   "in .jsonl, .json or .parquet")
+        raise rasft.UsageError(f"--benchmarks {b}: unknown; choose from {', '.join(BENCHMARKS)}, or pass a "
+                               ".jsonl/.json/.parquet file")
     if not args.model and args.backend != "oracle":
         raise rasft.UsageError("--model is required (the trained model's folder or a Hub id), unless --backend oracle")
     if args.n < 1:
         raise rasft.UsageError(f"--n {args.n}: must be at least 1")
-    args.out = args.out or os.path.join(args.model if os.path.isdir(args.model) else "out", "eval")
 
 
 def main(argv=None):
