@@ -458,7 +458,8 @@ def held_out(items, cfg, tok):
         return items, demo_heldout(cfg, tok) if cfg.data in ("demo", "demo_shift") and cfg.eval_items else []
     with_target = [i for i, it in enumerate(items) if it["target"]]
     if cfg.eval_items >= len(with_target):  # none would be left to train on
-        raise UsageError(f"--eval_items {cfg.eval_items}: only {len(with_target)} items have an answer or tests; hold out fewer")
+        raise UsageError(f"--eval_items {cfg.eval_items}: only {len(with_target)} items have an answer or tests; "
+                         "hold out fewer")
     pick = set(sorted(with_target, key=lambda i: zlib.crc32(str(items[i]["prompt"]).encode()))[:cfg.eval_items])
     print0(f"held out {len(pick)} items to evaluate before and after")
     return [it for i, it in enumerate(items) if i not in pick], [it for i, it in enumerate(items) if i in pick]
@@ -1450,7 +1451,7 @@ def save_hf(model, tok, path, cfg=None):
         if cfg:  # the chat template itself is in the tokenizer's files
             with open(os.path.join(path, "rasft.json"), "w") as f:
                 json.dump({"chat_template": True, "system_prompt": cfg.system_prompt, "code_prompt": cfg.code_prompt,
-                           "end_token_id": end_token_id(tok), "end_token": tok.convert_ids_to_tokens(end_token_id(tok))}, f)
+                           "end_token_id": end_token_id(tok), "end_token": tok.decode(end_token_id(tok))}, f)
         tok.save_pretrained(path)
     if dist.is_initialized():
         dist.barrier()
@@ -1992,7 +1993,7 @@ def warm_up(cfg):
     warm = dataclasses.replace(parse_args(["--loss", "sft", "--warmup", "0"]), max_steps=steps, epochs=steps,
                                seed=cfg.seed + 1, lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, demo_warmup=0,
                                out=os.path.join(cfg.out, "warmup"), rollout_backend=cfg.rollout_backend,
-                               vllm_gpu_memory=cfg.vllm_gpu_memory, compile=cfg.compile)  # the engine is the run's
+                               vllm_gpu_memory=cfg.vllm_gpu_memory, compile=cfg.compile)  # its engine serves the run
     if cfg.resume and os.path.exists(os.path.join(warm.out, "tokenizer_config.json")):  # save_hf writes it last
         print0(f"== demo warm-up: reusing the finished one in {warm.out}")
     else:

@@ -85,6 +85,9 @@ def test_data_mistakes_stop_before_the_warm_up(tmp_path, capsys):
     os.makedirs(tmp_path / "out" / "ckpt" / "step_4")
     (tmp_path / "out" / "ckpt" / "step_4" / "state.pt").write_bytes(b"x")
     assert "holds checkpoints of an earlier run" in fail(tmp_path, capsys, *warm)
+    with pytest.raises(SystemExit):  # a new --out, made for the lock, is not left behind empty
+        rasft.main(["--out", str(tmp_path / "new"), "--data", str(tmp_path / "missing.jsonl"), *warm])
+    assert "missing.jsonl: no such file" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 @needs_datasets
