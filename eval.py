@@ -5,10 +5,12 @@ Evaluate a model on the paper's six math and two code benchmarks (and the CPU de
     python eval.py --model out --benchmarks demo --n 4       # the demo task's held-out problems
     python eval.py --backend oracle --data_dir benchmarks/   # grade the gold answers: checks the pipeline (100%)
 
-Prompts are the ones used in training (rasft.prompt_text: the chat template with the math system prompt;
-code problems get the code instruction instead), or with --prompt alpaca the authors' evaluation prompt (the
-"alpaca" template of their Qwen2.5-Math evaluation harness: no chat template, no system prompt), so that
-numbers can be set beside the paper's table. Samples come from the rollout engine (vLLM, else HF
+Prompts are built as the model was trained (rasft.prompt_text: the chat template with the system prompt that
+rasft.py recorded in the model's folder, rasft.json, or rasft's default for a model trained elsewhere; code
+problems get the code instruction instead; --system_prompt and --code_prompt override them), or with --prompt
+alpaca the authors' evaluation prompt (the "alpaca" template of their Qwen2.5-Math evaluation harness: no chat
+template, no system prompt), so that numbers can be set beside the paper's table.
+Samples come from the rollout engine (vLLM, else HF
 generate) and are graded by rasft's verifier: math answers with verify_math, code by running the
 benchmark's own tests in the sandbox; or, with --grader authors, math answers as the authors' harness grades
 them (authors_answer: last box, else "the answer is", else the last number). Per benchmark: avg@n, the mean
@@ -35,6 +37,7 @@ import rasft
 GEN_CHUNK = 128     # prompts per generate() call: one progress step, and still a full batch for vLLM
 GRADE_CHUNK = 512   # samples per verify_all() call: one progress step
 DEMO_PROBLEMS, DEMO_SEED = 200, 12345  # the held-out set the CPU demo reports (rasft.demo_heldout)
+PROMPT_FLAGS = ("system_prompt", "code_prompt")  # recorded in the model's rasft.json; a flag overrides
 ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
           "\n\n### Instruction:\n{input}\n\n### Response:\n")
 
@@ -117,7 +120,12 @@ def load_rows(name, data_dir):
             raise rasft.UsageError(f"--data_dir: no file {path} (benchmark {name}, rows as in {b.hub})")
         rasft.check_jsonl(path)
         return list(load_dataset("json", data_files={"test": path}, split="test"))
-    return [row for config in b.configs for row in load_dataset(b.hub, config, split=b.split)]
+    try:
+        return [row for config in b.configs for row in load_dataset(b.hub, config, split=b.split)]
+    except OSError as e:  # no network (ConnectionError), or the Hub refused
+        raise rasft.UsageError(f"--benchmarks {name}: cannot load {b.hub} from the Hub "
+                               f"({str(e).strip().splitlines()[0]}); without network, pass --data_dir with local "
+                               f"copies ({b.file}, ...)") from None
 
 
 def load_items(name, data_dir, limit=0, fields=None):
@@ -152,14 +160,41 @@ class Oracle:
         return [[it["reference"]] * n for it in items]
 
 
+def trained_prompts(model):
+    """How the model's training built its prompts (rasft.json, written by rasft.save_hf), or {}."""
+    path = os.path.join(model, "rasft.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def prompt_line(args, cfg, trained):
+    """Which prompt the samples get, and where its system prompt came from."""
+    if args.prompt == "alpaca":
+        return "the alpaca template (no chat template, no system prompt)"
+    source = ("--system_prompt" if args.system_prompt is not None else f"as trained: {args.model}/rasft.json"
+              if "system_prompt" in trained else f"rasft's default: {args.model} has no rasft.json")
+    return f"the chat template, system prompt {cfg.system_prompt!r} ({source})"
+
+
 class Sampler:
     """The rollout engine on the model (open_engine: vLLM, else HF), prompted as in training or as the authors."""
 
     def __init__(self, args, benches):
-        self.args, self.cfg = args, rasft.Config(model=args.model)
+        if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
+            raise rasft.UsageError(f"--model {args.model}: this folder holds no model (no config.json); pass the --out "
+                                   "folder of a finished rasft.py run, or a Hub id")
+        trained = trained_prompts(args.model)
+        given = {k: getattr(args, k) for k in PROMPT_FLAGS if getattr(args, k) is not None}
+        prompts = {k: trained[k] for k in PROMPT_FLAGS if k in trained} | given
+        self.args, self.cfg = args, rasft.Config(model=args.model, **prompts)
         self.tok = rasft.load_tokenizer(self.cfg)
+        # the end token training appended to every response stops generation too
+        stop = sorted(set(rasft.stop_token_ids(self.tok)) | {trained.get("end_token_id")} - {None})
+        print(f"prompts: {prompt_line(args, self.cfg, trained)}")
         longest = max(len(self.prompt_ids(it)) for items in benches.values() for it in items)
-        self.engine = open_engine(args.model, self.tok, args.backend, longest + args.max_tokens, args.seed)
+        self.engine = open_engine(args.model, self.tok, args.backend, longest + args.max_tokens, args.seed, stop)
 
     def prompt_ids(self, item):
         text = (ALPACA.format(input=item["problem"]) if self.args.prompt == "alpaca"
@@ -176,14 +211,14 @@ class Sampler:
         return out
 
 
-def open_engine(path, tok, backend, max_len, seed):
+def open_engine(path, tok, backend, max_len, seed, stop):
     """vLLM where it runs (an evaluation engine never sleeps), else HF generate, on the finished model."""
     if rasft.pick_backend(backend) == "vllm":
-        return rasft.VLLMEngine.from_pretrained(path, tok, rasft.stop_token_ids(tok), max_len, 0.9, seed)
+        return rasft.VLLMEngine.from_pretrained(path, tok, stop, max_len, 0.9, seed)
     from transformers import AutoModelForCausalLM
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return rasft.HFEngine(model.to(device), tok, rasft.stop_token_ids(tok))
+    return rasft.HFEngine(model.to(device), tok, stop)
 
 
 def make_backend(args, benches):
@@ -482,15 +517,23 @@ def grader_label(items, name):
 # main
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring as written, and every flag's default (where its help does not say it)."""
+
+    def _get_help_string(self, action):
+        return action.help if "(default" in action.help or action.default is argparse.SUPPRESS else \
+            action.help + " (default: %(default)r)"
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=HelpFormatter,
+                                allow_abbrev=False)  # a shortened flag could later come to mean another one
     p.add_argument("--model", default="", help="the model: rasft.py's output folder, a local path or a Hub id")
     p.add_argument("--benchmarks", default=",".join(PAPER),
                    help=f"comma separated, from: {', '.join(BENCHMARKS)}; or your own .jsonl/.json/.parquet file")
     p.add_argument("--n", type=int, default=16, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling")
     p.add_argument("--max_tokens", type=int, default=4096, help="new tokens per sample")
     p.add_argument("--limit", type=int, default=0, help="only the first k problems of each benchmark (0 = all)")
     p.add_argument("--backend", default="auto", choices=["auto", "vllm", "hf", "oracle"],
@@ -498,9 +541,12 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", default="",
                    help="read local copies in the Hub schema: <dir>/math500.jsonl, ..., <dir>/mbpp_sanitized.jsonl")
     p.add_argument("--out", default="", help="output folder (default: <model>/eval, or out/eval)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     for field in ("prompt", "response", "answer", "tests", "entry"):
         p.add_argument(f"--{field}_field", default="", help=f"own file: the {field} field (default: auto-detected)")
+    for flag in PROMPT_FLAGS:
+        p.add_argument(f"--{flag}", help=f"--prompt chat: the {flag.replace('_', ' ')} ('': none) (default: the one "
+                       "the model was trained with, from its rasft.json; without one, rasft's default)")
     p.add_argument("--prompt", default="chat", choices=["chat", "alpaca"],
                    help="chat: the training prompt (chat template + system prompt); alpaca: the authors' evaluation prompt")
     p.add_argument("--grader", default="rasft", choices=["rasft", "authors"],
@@ -508,21 +554,31 @@ def parse_args(argv=None):
                         "(last box, else 'the answer is', else the last number; 3 s per comparison). Code: tests")
     args = p.parse_args(argv)
     args.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    unknown = [b for b in args.benchmarks if b not in BENCHMARKS and not b.endswith((".jsonl", ".json", ".parquet"))]
-    if unknown:
-        p.error(f"--benchmarks: unknown {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    if not args.model and args.backend != "oracle":
-        p.error("--model is required (the trained model's folder or a Hub id), unless --backend oracle")
-    if args.n < 1:
-        p.error("--n must be at least 1")
     args.out = args.out or os.path.join(args.model if os.path.isdir(args.model) else "out", "eval")
     return args
+
+
+def check(args):
+    """What argparse cannot check, as one line that says what to fix."""
+    for b in args.benchmarks:
+        if b in BENCHMARKS or b.endswith((".jsonl", ".json", ".parquet")):
+            continue
+        if os.path.isfile(b) or "." in os.path.basename(b):  # meant as an own file
+            raise rasft.UsageError(f"--benchmarks {b}: unknown extension .{b.rsplit('.', 1)[-1]}; an own file must end "
+                                   "in .jsonl, .json or .parquet")
+        raise rasft.UsageError(f"--benchmarks {b}: unknown; choose from {', '.join(BENCHMARKS)}, or pass a "
+                               ".jsonl/.json/.parquet file")
+    if not args.model and args.backend != "oracle":
+        raise rasft.UsageError("--model is required (the trained model's folder or a Hub id), unless --backend oracle")
+    if args.n < 1:
+        raise rasft.UsageError(f"--n {args.n}: must be at least 1")
 
 
 def main(argv=None):
     rasft.quiet()
     args = parse_args(argv)
     try:
+        check(args)
         fields = rasft.Config(**{f"{k}_field": getattr(args, f"{k}_field") for k in ("prompt", "response", "answer",
                                                                                     "tests", "entry")})
         benches = {name: load_items(name, args.data_dir, args.limit, fields) for name in args.benchmarks}

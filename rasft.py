@@ -41,6 +41,7 @@ import atexit
 import contextlib
 import dataclasses
 import datetime
+import fcntl
 import inspect
 import itertools
 import json
@@ -197,7 +198,8 @@ QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
 
 def parse_args(argv=None):
     """argparse from the Config fields: every flag, its type, default and help come from there."""
-    p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1],
+                                allow_abbrev=False)  # a shortened flag could later come to mean another one
     group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
     for line in inspect.getsource(Config).splitlines():  # groups and help text are the comments in Config
         if m := re.match(r"    # (\w+)$", line):
@@ -245,8 +247,10 @@ def check(cfg):
         raise UsageError(f"--out {cfg.out} is a file: pass a folder")
 
 
-def _str2bool(s):  # argparse turns the ValueError of anything else into a usage error
-    return ("false", "true").index(s.lower()) == 1
+def _str2bool(s):
+    if s.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{s!r}: use true or false")  # argparse prints it after the flag's name
+    return s.lower() == "true"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -366,8 +370,8 @@ def from_hub(load, name, flag, **kw):
     try:
         return load(name, **kw)
     except (OSError, ValueError) as e:  # not found, no network, not a model or data set
-        raise UsageError(f"--{flag} {name}: cannot load it ({str(e).strip().splitlines()[0]}); "
-                         "without network, pass a local folder") from None
+        raise UsageError(f"--{flag} {name}: cannot load it ({str(e).strip().splitlines()[0]})" + (
+            "" if os.path.exists(name) else "; without network, pass a local folder")) from None
 
 
 def check_jsonl(path):
@@ -467,6 +471,9 @@ def held_out(items, cfg, tok):
     if cfg.data in ("demo", "demo_shift") or not cfg.eval_items:
         return items, demo_heldout(cfg, tok) if cfg.data in ("demo", "demo_shift") and cfg.eval_items else []
     with_target = [i for i, it in enumerate(items) if it["target"]]
+    if cfg.eval_items >= len(with_target):  # none would be left to train on
+        raise UsageError(f"--eval_items {cfg.eval_items}: only {len(with_target)} items have an answer or tests; "
+                         "hold out fewer")
     pick = set(sorted(with_target, key=lambda i: zlib.crc32(str(items[i]["prompt"]).encode()))[:cfg.eval_items])
     print0(f"held out {len(pick)} items to evaluate before and after")
     return [it for i, it in enumerate(items) if i not in pick], [it for i, it in enumerate(items) if i in pick]
@@ -1489,9 +1496,9 @@ def full_params(model):
         yield name, p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
-def save_hf(model, tok, path):
-    """Weights in the dtype the model came in, config and tokenizer, loadable by from_pretrained and vLLM.
-    Only rank 0 gathers the full state dict (on CPU)."""
+def save_hf(model, tok, path, cfg=None):
+    """Weights in the dtype the model came in, config and tokenizer, loadable by from_pretrained and vLLM; with
+    cfg, rasft.json: how the prompts were built, which eval.py uses. Only rank 0 gathers the full state dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank0():
@@ -1499,6 +1506,10 @@ def save_hf(model, tok, path):
         model.save_pretrained(path, state_dict={k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()})
         model.config.dtype = dtype  # save_pretrained wrote the dtype of the fp32 masters into config.json
         model.config.save_pretrained(path)
+        if cfg:  # the chat template itself is in the tokenizer's files
+            with open(os.path.join(path, "rasft.json"), "w") as f:
+                json.dump({"chat_template": True, "system_prompt": cfg.system_prompt, "code_prompt": cfg.code_prompt,
+                           "end_token_id": end_token_id(tok), "end_token": tok.decode(end_token_id(tok))}, f)
         tok.save_pretrained(path)
     if dist.is_initialized():
         dist.barrier()
@@ -1566,6 +1577,40 @@ def open_metrics(cfg, state):
     log = open(path, "w")
     log.writelines(json.dumps(r) + "\n" for r in kept)
     return log
+
+
+def claim_out(cfg):  # checkpoints agree with --resume; rank 0 locks --out, and every rank learns whether it could
+    if bool(checkpoints(cfg)) != cfg.resume:  # a new run over an earlier one's checkpoints, or a resume with none
+        raise UsageError(f"--resume true: no checkpoint in {cfg.out}/ckpt: check --out, or start anew without --resume"
+                         if cfg.resume else f"--out {cfg.out} holds checkpoints of an earlier run: --resume true "
+                         "continues it, another --out starts a new one")
+    if err := all_gather_list([lock_out(cfg.out) if rank0() and cfg.out not in _LOCKS else None])[0]:
+        raise UsageError(err)
+
+
+_LOCKS = {}  # --out -> its open lock file: a flock, which the OS drops when the process ends, however it ends
+
+
+def lock_out(out):  # None once this process holds --out, else the error line; a dead run's lock file is taken over
+    os.makedirs(out, exist_ok=True)
+    f = open(os.path.join(out, "rasft.lock"), "a+")
+    holder = open(f.name).read()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return f"--out {out} is in use by {holder or 'another run'}: let it finish, or pass another --out"
+    if holder:
+        print0(f"--out {out}: taking it over from {holder}, which is gone")
+    open(f.name, "w").write(f"process {os.getpid()} on {os.uname().nodename}")  # another descriptor: f keeps the lock
+    _LOCKS[out] = f
+
+
+def release_out():  # main()'s last act: remove this process's lock files, and an --out the run left empty
+    for out, f in _LOCKS.items():
+        os.remove(f.name)
+        with contextlib.suppress(OSError):  # not empty
+            os.rmdir(out)
+    _LOCKS.clear()  # closing the files drops the locks
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1820,15 +1865,15 @@ def train(cfg):
     """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (or None)."""
     device = setup_dist()
     torch.manual_seed(cfg.seed)
-    if checkpoints(cfg) and not cfg.resume:
-        raise UsageError(f"--out {cfg.out} holds checkpoints of an earlier run: --resume true continues it, "
-                         "another --out starts a new one")
+    claim_out(cfg)
     tok = load_tokenizer(cfg)
     policy = load_policy(cfg, tok)
     if cfg.max_len > (context := policy.config.max_position_embeddings):
         print0(f"--max_len {cfg.max_len} is longer than {cfg.model}'s context: using {context}")
         cfg = dataclasses.replace(cfg, max_len=context)
     items, heldout = held_out(build_items(load_rows(cfg), cfg, tok)[0], cfg, tok)
+    if cfg.model == "tiny" and cfg.demo_warmup:  # once the checks above passed: --out, the model, the data
+        policy = load_policy(cfg := warm_up(cfg), tok)
     adaptive = cfg.adaptive and cfg.loss == "rasft"
     ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32) \
         if adaptive or cfg.loss in KL_LOSSES else None
@@ -1839,7 +1884,6 @@ def train(cfg):
                    cfg.compile == "auto" and device.type == "cuda")
     engine = make_engine(scorer, tok, cfg, device) if adaptive or heldout else None
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    os.makedirs(cfg.out, exist_ok=True)
     state = load_checkpoint(scorer, opt, cfg) if cfg.resume else None
     acc0 = evaluate(engine, scorer, heldout, tok, cfg)[0] if heldout and state is None else None
     if state is None:
@@ -1895,7 +1939,7 @@ def train(cfg):
         log.close()
     if run:
         run.finish()
-    save_hf(scorer.policy, tok, cfg.out)
+    save_hf(scorer.policy, tok, cfg.out, cfg)
     if rank0() and state["records"]:
         with open(os.path.join(cfg.out, "solvability.jsonl"), "w") as f:
             f.writelines(json.dumps({"item": i, **state["records"][i]}) + "\n" for i in sorted(state["records"]))
@@ -2039,12 +2083,13 @@ def demo_heldout(cfg, tok):
 
 
 def warm_up(cfg):
-    """The method starts from a model that solves some problems: warm the random tiny model up with
-    plain SFT (on other problems of the task), then point cfg at the result. A resumed run reuses it."""
+    """The method starts from a model that solves some problems: warm the random tiny model up with plain SFT, as
+    the demo does whatever the data (the user's flags are for the user's data); then point cfg at it."""
     steps = min(cfg.demo_warmup, cfg.max_steps or cfg.demo_warmup)
-    warm = dataclasses.replace(cfg, data="demo", loss="sft", adaptive=False, max_steps=steps, epochs=steps, seed=cfg.seed + 1,
-                               lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, warmup=0.0, horizon=0,
-                               out=os.path.join(cfg.out, "warmup"), save_every=0, resume=False)
+    warm = dataclasses.replace(parse_args(["--loss", "sft", "--warmup", "0"]), max_steps=steps, epochs=steps,
+                               seed=cfg.seed + 1, lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, demo_warmup=0,
+                               out=os.path.join(cfg.out, "warmup"), rollout_backend=cfg.rollout_backend,
+                               vllm_gpu_memory=cfg.vllm_gpu_memory, compile=cfg.compile)  # its engine serves the run
     if cfg.resume and os.path.exists(os.path.join(warm.out, "tokenizer_config.json")):  # save_hf writes it last
         print0(f"== demo warm-up: reusing the finished one in {warm.out}")
     else:
@@ -2062,8 +2107,6 @@ def main(argv=None):
             # A second thread gains the tiny model little, and idle OMP threads spin (2 made every step 8x slower on
             # a 2-core machine with one core busy); one thread also makes the printed numbers the same on any machine.
             torch.set_num_threads(1)
-        if cfg.model == "tiny" and cfg.demo_warmup:
-            cfg = warm_up(cfg)
         return train(cfg)
     except UsageError as e:
         print0(f"error: {e}", file=sys.stderr)
@@ -2072,6 +2115,7 @@ def main(argv=None):
         close_vllm()  # first: vLLM's teardown uses the process group (and then destroys it)
         if dist.is_initialized():
             dist.destroy_process_group()
+        release_out()
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ warmed-up model with the same data and budget; greedy held-out accuracy on many 
     python tests/bench_demo.py --seeds 3                                 # demo: sft, dft, asft, rasft
     python tests/bench_demo.py --data demo_shift --seeds 3               # expert and policy write differently
     python tests/bench_demo.py --runs sft "rasft --adaptive false" "rasft --ratio_clip false" rasft
+    python tests/bench_demo.py --runs rasft "rasft --token_weight false" --baseline rasft   # an ablation vs rasft
 
 Prints per run and group of held-out problems: accuracy before (the warmed-up start) and after, mean and
-standard deviation over seeds; the paired difference to sft (same seed, same start) with its standard deviation;
-and the share of held-out answers written in the running style the warm-up taught (the expert's demo_shift
-solutions use the grouped style). Warm-ups are cached in OUT/seed_S/warmup (delete OUT to redo them); other
-flags go to every run (e.g. --max_items 64 for a quick look).
+standard deviation over seeds; the paired difference to the --baseline run (default sft; same seed, same start)
+with its standard deviation; and the share of held-out answers written in the running style the warm-up taught
+(the expert's demo_shift solutions use the grouped style). Warm-ups, always the demo's own, are cached in
+OUT/seed_S/warmup (delete OUT to redo them); other flags go to every run after it (e.g. --max_items 64 for a
+quick look).
 """
 import argparse
 import dataclasses
@@ -47,7 +49,7 @@ def run_all(args, rest):
 
 
 def table(results, base="sft"):
-    lines = ["| run | held-out group | before | after: mean ± sd | after − sft, paired: mean ± sd | running style | "
+    lines = [f"| run | held-out group | before | after: mean ± sd | after − {base}, paired: mean ± sd | running style | "
              "seconds per run |", "|---|---|---|---|---|---|---|"]
     for name, rs in results.items():
         for g in rs[0]["after"] if len(rs[0]["after"]) > 2 else ["all"]:  # per group where there are several
@@ -61,21 +63,25 @@ def table(results, base="sft"):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)  # --seed is not --seeds
     p.add_argument("--data", default="demo", choices=["demo", "demo_shift"])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--runs", nargs="+", default=["sft", "dft", "asft", "rasft"], help='a loss and its flags: "rasft '
                    '--adaptive false"')
     p.add_argument("--eval_items", type=int, default=2000, help="held-out problems (the demo task has 938)")
+    p.add_argument("--baseline", default="sft", help="the run every other is paired against (one of --runs)")
     p.add_argument("--out", default="")
     args, rest = p.parse_known_args(argv)
+    if args.baseline not in args.runs:
+        p.error(f"--baseline {args.baseline!r} is not one of --runs: {', '.join(map(repr, args.runs))}")
     args.out = args.out or os.path.join("out", "bench_demo", args.data)
     torch.set_num_threads(1)  # as python rasft.py runs the demo
     rasft.quiet()
     results = run_all(args, rest)
     n = len(results[args.runs[0]][0]["completions"])
     print(f"\n{args.data}: {args.seeds} seeds, {n} held-out problems per run (one problem = {100 / n:.2f} points)")
-    print(table(results))
+    print(table(results, args.baseline))
+    rasft.release_out()  # the runs' locks on their folders
     return results
 
 

@@ -99,7 +99,7 @@ def test_pass_at_k_hand_computed():
 def test_user_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, "--backend", "oracle", "--benchmarks", "math500,gsm8k")
-    assert "unknown gsm8k; choose from math500, aime24" in capsys.readouterr().err
+    assert "--benchmarks gsm8k: unknown; choose from math500, aime24" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run(tmp_path, "--backend", "oracle", "--data_dir", str(tmp_path), "--benchmarks", "mbpp")
     assert f"no file {tmp_path / 'mbpp_sanitized.jsonl'}" in capsys.readouterr().err
@@ -165,3 +165,76 @@ def test_alpaca_prompt_is_the_authors_template(tmp_path, tiny_dir, monkeypatch):
         "--prompt", "alpaca")
     assert seen[0].startswith("Below is an instruction that describes a task.") and "### Response:\n" in seen[0]
     assert "<|im_start|>" not in seen[0]
+
+
+def one_line_error(tmp_path, capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, *args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_messages_say_what_to_fix(tmp_path, capsys):
+    (tmp_path / "empty_folder").mkdir()
+    assert "this folder holds no model (no config.json); pass the --out folder of a finished rasft.py run" in \
+        one_line_error(tmp_path, capsys, "--model", str(tmp_path / "empty_folder"), "--benchmarks", "demo")
+    (tmp_path / "mine.jsnol").write_text("{}\n")  # a typo in the extension is not an unknown benchmark
+    assert f"--benchmarks {tmp_path / 'mine.jsnol'}: unknown extension .jsnol; an own file must end in .jsonl" in \
+        one_line_error(tmp_path, capsys, "--backend", "oracle", "--benchmarks", str(tmp_path / "mine.jsnol"))
+    assert "--n 0: must be at least 1" in one_line_error(tmp_path, capsys, "--backend", "oracle", "--n", "0")
+
+
+@needs_datasets
+def test_a_paper_benchmark_without_network_names_data_dir(tmp_path, capsys):
+    """conftest keeps the Hub offline: the same error as no network, at once."""
+    err = one_line_error(tmp_path, capsys, "--backend", "oracle", "--benchmarks", "math500")
+    assert err.startswith("error: --benchmarks math500: cannot load HuggingFaceH4/MATH-500 from the Hub (")
+    assert err.endswith("without network, pass --data_dir with local copies (math500.jsonl, ...)")
+
+
+def test_help_shows_defaults_and_flags_are_never_abbreviated(capsys):
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for says in ["samples per problem (default: 16)", "sampling temperature (0: greedy) (default: 1.0)",
+                 "nucleus sampling (default: 1.0)", "sampling seed (default: 0)", "(default: 'chat')",
+                 "the system prompt ('': none) (default: the one the model was trained with, from its rasft.json"]:
+        assert says in help_text
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--bench", "demo"])
+    assert "unrecognized arguments: --bench demo" in capsys.readouterr().err
+
+
+def seen_prompt(tmp_path, monkeypatch, model, *args):
+    """The first prompt eval.py builds for the model (decoded), and the stop tokens of its engine."""
+    seen = []
+
+    def complete(self, items, n, desc):
+        seen.append((self.tok.decode(self.prompt_ids(items[0])), self.engine.stop_ids))
+        return [["\\boxed{0}"] * n for _ in items]
+    monkeypatch.setattr(ev.Sampler, "complete", complete)
+    run(tmp_path, "--model", model, "--backend", "hf", "--benchmarks", "demo", "--limit", "1", "--n", "1", *args)
+    return seen[-1]
+
+
+def test_eval_prompts_the_model_as_it_was_trained(tmp_path, tiny_dir, monkeypatch, capsys):
+    """The demo trains without a system prompt: eval.py must not add one (it scored 1% instead of 80% with it)."""
+    out = str(tmp_path / "trained")
+    rasft.main(["--out", out, "--demo_warmup", "0", "--rollout_backend", "hf", "--max_items", "16", "--batch_size", "8",
+                "--eval_items", "0", "--max_steps", "1"])
+    recorded = json.loads((tmp_path / "trained" / "rasft.json").read_text())
+    tok = rasft.tiny_tokenizer()
+    assert recorded == {"chat_template": True, "system_prompt": "", "code_prompt": rasft.Config.code_prompt,
+                        "end_token_id": rasft.end_token_id(tok), "end_token": "<|im_end|>"}
+    capsys.readouterr()
+    prompt, stop = seen_prompt(tmp_path, monkeypatch, out)
+    assert prompt.startswith("<|im_start|>user\nCompute ") and "system" not in prompt
+    assert recorded["end_token_id"] in stop
+    assert f"prompts: the chat template, system prompt '' (as trained: {out}/rasft.json)" in capsys.readouterr().out
+    prompt, _ = seen_prompt(tmp_path, monkeypatch, out, "--system_prompt", "Be brief.")  # the flag overrides it
+    assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCompute ")
+    assert "system prompt 'Be brief.' (--system_prompt)" in capsys.readouterr().out
+    prompt, _ = seen_prompt(tmp_path, monkeypatch, tiny_dir)  # a model trained elsewhere: rasft's default
+    assert prompt.startswith(f"<|im_start|>system\n{rasft.Config.system_prompt}<|im_end|>")
+    assert f"(rasft's default: {tiny_dir} has no rasft.json)" in capsys.readouterr().out

@@ -206,7 +206,7 @@ def test_checkpoints_keep_the_newest_and_a_torn_one_falls_back(tmp_path, capsys)
 
 def test_a_resumed_demo_reuses_its_finished_warm_up(tmp_path, capsys):
     args = ["--out", str(tmp_path), "--rollout_backend", "hf", "--demo_warmup", "3", "--max_items", "32",
-            "--batch_size", "8", "--eval_items", "4", "--max_steps", "2"]
+            "--batch_size", "8", "--eval_items", "4", "--max_steps", "2", "--save_every", "1"]
     rasft.main(args)
     assert "demo warm-up: 2 steps of plain SFT" in capsys.readouterr().out  # --max_steps caps the warm-up too
     rasft.main(args + ["--resume", "true"])
