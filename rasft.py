@@ -481,15 +481,26 @@ def end_token_id(tok):
 #   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), if it has math, cut to its
 #      math: "Final Answer: The largest $n$ is 34." -> 34;
 #   3. the last math span ($..$, \(..\), \[..\]) of the final sentence, joined like boxes, unless the sentence
-#      denies it ("$x = 3$ does not work");
-#   4. the words after the last marker ("Answer: East"). Never the last number anywhere: bare prose has no answer.
+#      denies it ("$x = 3$ does not work") or stops before it states a value ("$(2+1)(1+1)$, which is");
+#   4. the value a finished final sentence states in words: a number, fraction or percentage after "is / are /
+#      = / increases by" or a count ("So there are 12 such sequences."), not "is not 10", "at least 12", "12 or
+#      13?", "12 more than x";
+#   5. the words after the last marker ("Answer: East"). Never the last number anywhere.
+# A `$` before a number that no math follows is a currency sign ("costs $1,000.99 in all"), not a delimiter.
 _BRACED = r"(?:\\.|[^{}\\])*"
 for _ in range(8):  # balanced braces nested up to 8 deep; escaped \{ \} are plain characters
     _BRACED = r"(?:\\.|[^{}\\]|\{" + _BRACED + r"\})*"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?:\s*\{(" + _BRACED + r")\}| +([^\s${][^\s$]*))")  # also `\boxed 5`
-_MATH_RE = re.compile(r"\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)")
+_MATH_RE = re.compile(r"\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|(?<!\\)\$((?:\\\$|[^$\n]|\n(?!\s*\n))+?)(?<!\\)\$"
+                      r"|\\\(([\s\S]+?)\\\)")  # a span may wrap lines, not paragraphs
+_CURRENCY_RE = re.compile(r"(?<![\\$])\$(?=\d[\d,]*(?:\.\d+)?(?:\s+[a-zA-Z]{2}|[.,;:!?]?(?:\s|$)))")
 _MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)|^####", re.I | re.M)  # GSM8K: "#### 42"
 _DELIM_RE = re.compile(r"^\s*\\[\[(]|\\[\])]\s*$")
+_STATED_RE = re.compile(r"(?:\b(?:is|are|was|were|be|equals|(?:in|de)creases? by|has|have|had|gets?|got|makes?|needs?|"
+                        r"takes?|costs?)|=)\s*(?:(?:exactly|only|just|then|now|a total of|equal to)\s+)*"
+                        r"(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?(?:\s*%)?)((?:\s+[a-z]+){0,5})[.!]$")
+_HEDGE_RE = re.compile(r"\b(?:not|never|if|when|for|where|at|given|let|suppose|case|unless|whether|more|less|fewer|"
+                       r"than|or|and|times|plus|minus|squared|cubed|hundred|thousand|million|billion|dozen)\b|n't", re.I)
 _FILLER_RE = re.compile(r"\\text\s*\{|\\q?quad|\\[()\[\],;:! ]|[{}$~]")
 
 
@@ -527,14 +538,22 @@ def _find_answer(text):
         if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
             return ans
         words = words or ans  # "The answer is not obvious. [...] So $x = 5$." is 5
-    spans = boxes or list(_MATH_RE.finditer(text))  # a span: only if no later sentence, and no denial, follows it
-    late = spans and re.search(r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b", text[spans[-1].end():])
-    return _joined(spans, text) if boxes or spans and not late else words or None
+    spans = boxes or list(_MATH_RE.finditer(text))  # a span: only if no later sentence, denial or cut-off follows
+    late = spans and re.search(r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b|(?:\b(?:is|are|was|equals?|"
+                               r"gives?|yields?|becomes?|get|which|to|of|by|and|or)|=)\W*$", text[spans[-1].end():])
+    return _joined(spans, text) if boxes or spans and not late else _stated(text) or words or None
+
+
+def _stated(text):
+    """The value that a finished final sentence states in words ("So there are 12 such sequences." -> 12), or None."""
+    s = re.split(r"(?<=[.!?])\s+|\n", text.strip().rstrip("*\"' "))[-1]
+    m = _STATED_RE.search(s)  # the last number of the sentence, after a verb that states it, then at most 5 words
+    return m[1] if m and not _HEDGE_RE.search(re.split(r"[,;:]", s[:m.start()])[-1] + m[2]) else None
 
 
 def extract_answer(text):
     """The final answer of a completion, found in the order written above, or None."""
-    text = re.sub(r"<\|(?:im_end|im_start|endoftext|eot_id)\|>[\s\S]*", "", text or "")  # the turn ended there
+    text = _CURRENCY_RE.sub("", re.sub(r"<\|(?:im_end|im_start|endoftext|eot_id)\|>[\s\S]*", "", text or ""))  # turn ended
     return "</think>" in text and _find_answer(text[text.rfind("</think>") + 8:]) or _find_answer(text)
 
 
@@ -546,7 +565,8 @@ _FUNCS = "asin|acos|atan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|exp|log|ln"
 _TEXT_CMD = r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname|textnormal)\s*"
 # A template (r"\1") is expanded only where its pattern matches: given as a string, re parses it on every call.
 _NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) for p, r in (
-    (r"\\?[$%]|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?|\\(?:displaystyle|textstyle)|^\s*\\approx", ""),
+    (r"\\?[$%€£¥]|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?|\\(?:displaystyle|textstyle)", ""),
+    (r"^\s*(?:\\approx|=)|(?<=[\d})])\s*\\approx\s*-?[\d.]+\s*$", ""),  # \$ = 5; an exact value, then its decimal
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""), (_DELIM_RE.pattern, ""), (r",\\!\s*", ","), (r"\\!", ""),
     (r"(?<!\\)\\(?:[,;: ]|q?quad(?![a-zA-Z]))|~", " "), (r"(?<=\d)(?:\{,\}| )(?=\d{3}(?![\d/]))", ""),  # 1{,}000
     (r";", ","), (r"\\([{}])", r"\1"), (r"\\[dtc]frac", r"\\frac"), (r"\\[lc]?dots[a-z]?", "..."),
@@ -558,12 +578,12 @@ _NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) 
     (r"(\d)\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*\{?([-+]?\d+)\}?", r"\1e\2"),  # 4\times10^{3} -> 4e3
     # LaTeX that sympy has other names for; \frac, \sqrt and braces are left to _to_sympy
     (r"\\(" + _FUNCS + r")\s*\^\s*\{?(\d)\}?\s*(\([^()]*\)|\\?[a-zA-Z0-9]+)", r"(\\\1(\3))^{\2}"),  # \sin^2 x
-    (r"_\{\\?([A-Za-z0-9]+)\}|_\\?([A-Za-z0-9])", r"_\1\2"), (r"\|([^|]+)\|", r"Abs(\1)"),
+    (r"_\{\\?([A-Za-z0-9]+)\}|_\\?([A-Za-z0-9])", r"_\1\2 "), (r"\|([^|]+)\|", r"Abs(\1)"),
     (r"\\log_\{?(\w+)\}?\s*(\([^()]*\)|\{[^{}]*\}|\w+)", r"\\log(\2, \1)"), (r"\\cdot|\\times", "*"),
     (r"\\lfloor", " floor("), (r"\\lceil", " ceiling("), (r"\\r(?:floor|ceil)", ")"), (r"\\div", "/"),
     (r"\\arc", r"\\a"), (r"\\ln(?![a-zA-Z])", r"\\log"), (r"\\var(?=epsilon|theta|phi)", r"\\"))]
 _UNIT_TEX_RE = re.compile(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$")
-_UNIT_WORD_RE = re.compile(r"(?:\s+[a-zA-Z]{2,}\.?)+(?:\^\{?\d\}?)?$")
+_UNIT_WORD_RE = re.compile(r"(?:\s+(?:[a-zA-Z]{2,}\.?|m(?=\^)))+(?:\^\{?\d\}?)?$")  # 5 ft, 5 m^2
 _LEADING_NUM_RE = re.compile(r"[-+]?(?:\d|\.\d|\\frac\{?\d|\\sqrt)")
 _NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?")
 _FRAC_RE = re.compile(r"\\frac\s*(?:\{\s*(-?\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))")
@@ -675,10 +695,10 @@ def _scalar_eq(p, g):
 # --------------------------- math: structures -------------------------------
 _MATRIX_RE = re.compile(r"[(\[]?\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]+\})?(.*)\\end\{\1\}[)\]]?", re.S)
 # A label names the value after `=`: x, AB, y_1, S_{\triangle ABC}, \theta, f^{-1}(x), \angle A, \overline{AB};
-# (x, y); S_1:S. \pi is no label.
-_NAME = (r"(?:m?\\angle\s*)?(?!\\(?:pi|infty)\b)(?:\\(?:overline|vec|bar|hat)\{\w+\}|\\?[A-Za-z]+'*)"
-         r"(?:_\w+|_\{[^{}]*\})?(?:\^\{?-1\}?)?(?:\([A-Za-z, ]*\))?")
-_LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\(\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\)")
+# (x, y); S_1:S; \frac{NO}{BO}. \pi and |x| are no label.
+_NAME = (r"(?:m?\\angle\s*)?(?!\\(?:pi|infty)\b|Abs\()(?:\\(?:overline|vec|bar|hat)\{\w+\}|\\?[A-Za-z]+'*)"
+         r"(?:_\w+|_\{[^{}]*\})?(?:\^\{?-1\}?)?(?:\s?\([A-Za-z, ]*\))?")
+_LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\(\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\)|\\frac\{{{_NAME}\}}\{{{_NAME}\}}")
 
 
 def _split_top(s, sep):
@@ -710,7 +730,14 @@ def _ineq(s):
 
 
 def _as_set(t):
-    """An interval, or a union or list of them, as a sympy set; None for anything else, or symbolic or non-real ends."""
+    """An interval, a relation in one variable, or a union or list of them, as a sympy set; else None."""
+    if t[0] == "x" and len(p := re.split(r"(<=|>=|<|>)", t[1])) > 1:  # compared as the set it defines: -x > -1 is x < 1
+        e = [_to_sympy(x) for x in p[::2]]
+        if None in e or len(xs := set().union(*(x.free_symbols for x in e))) != 1:
+            return None
+        with contextlib.suppress(ValueError, TypeError, NotImplementedError):
+            return sympy.Intersection(*[sympy.solveset(sympy.Rel(a, b, op), *xs, sympy.S.Reals)
+                                        for a, op, b in zip(e, p[1::2], e[1:])])
     if t[0] in ("set", "coll"):
         return None if None in (u := [_as_set(x) for x in t[1]]) else sympy.Union(*u)
     if t[0] == "seq" and t[1] in "([" and t[2] in ")]" and len(t[3]) == 2 and all(x[0] == "x" for x in t[3]):
@@ -725,6 +752,11 @@ def _parse(s):
     """Tree of ('x', scalar) | ('coll', unordered items) | ('seq', open, close, items) | ('eq', lhs, rhs)
     | ('set', items of a union). Lists, sets and tuples are split here and nowhere else."""
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s.strip())
+    if len(ps := re.split(r"(?<=[})\]])\s*([+-])\s*(?=[(\[]?\\begin)", s)) > 1 and all(ms := [*map(_MATRIX_RE.fullmatch, ps[::2])]):
+        grids = [[r.split("&") for r in re.split(r"\\\\", m[2]) if r.strip()] for m in ms]  # a sum of matrices
+        if len({str([len(r) for r in x]) for x in grids}) == 1:  # of one shape: added entry by entry
+            s = "\\begin{pmatrix}" + "\\\\".join("&".join("".join(f"{op}({c})" for op, c in zip("+" + "".join(
+                ps[1::2]), cs)) for cs in zip(*rows)) for rows in zip(*grids)) + "\\end{pmatrix}"
     if m := _MATRIX_RE.fullmatch(s):
         rows = [[_parse(c) for c in r.split("&")] for r in re.split(r"\\\\", m[2]) if r.strip()]
         if len(rows) == 1 or all(len(r) == 1 for r in rows):  # a row or column vector equals a tuple
@@ -764,9 +796,13 @@ def _values(t):
     return [t]
 
 
-def _point(t):  # "x = 5, y = 8" names the point (5, 8)
+def _point(t):  # "x = 5, y = 8" names the point (5, 8); "p=5,q=2;p=7,q=2" the points (5, 2), (7, 2)
     if t[0] == "coll" and t[1] and all(x[0] == "eq" and _LABEL_RE.fullmatch(x[1]) for x in t[1]):
-        return ("seq", "(", ")", [_parse(x[2]) for x in t[1]])
+        names = [x[1].replace(" ", "") for x in t[1]]
+        k = names.index(names[0], 1) if names.count(names[0]) > 1 else len(names)  # labels per point
+        if k > 1 and names == names[:k] * (len(names) // k):
+            pts = [("seq", "(", ")", [_parse(x[2]) for x in t[1][i:i + k]]) for i in range(0, len(t[1]), k)]
+            return pts[0] if len(pts) == 1 else ("coll", pts)
     return t
 
 
@@ -778,18 +814,22 @@ def _cmp(p, g):
     if "set" in (p[0], g[0]):  # a union: item by item, else as sets ([0,1] \cup [1,2] == [0,2])
         return (_cmp(*[("coll", t[1]) if t[0] == "set" else t for t in (p, g)])
                 or (a := _as_set(p)) is not None and a == _as_set(g))
-    if "seq" in (p[0], g[0]) and (_point(p), _point(g)) != (p, g):
-        return _cmp(_point(p), _point(g))
+    if (q := [_point(t) for t in (p, g)]) != [p, g] and ("seq" in (p[0], g[0]) or any(
+            a != b and a[0] == "coll" for a, b in zip(q, (p, g)))):  # a list of points
+        return _cmp(*q)
     if "coll" in (p[0], g[0]):  # unordered: solution lists and sets
         left, gs = list(p[1] if p[0] == "coll" else [p]), g[1] if g[0] == "coll" else [g]
         for gi in gs:
             if (j := next((j for j, pj in enumerate(left) if _cmp(pj, gi)), None)) is None:
                 return False
             del left[j]
-        return not left
+        # a repeated element of a set: only where the gold has none ({1, 1, 2} is {1, 2}; a double root stays)
+        return not left or len(set(map(str, gs))) == len(gs) and all(any(_cmp(x, gi) for gi in gs) for x in left)
     if p[0] == g[0] == "seq":
         return p[1:3] == g[1:3] and len(p[3]) == len(g[3]) and all(map(_cmp, p[3], g[3]))
-    return p[0] == g[0] == "x" and _scalar_eq(p[1], g[1])
+    if p[0] == g[0] == "x" and _scalar_eq(p[1], g[1]):
+        return True
+    return any(t[0] == "x" and re.search("[<>]", t[1]) for t in (p, g)) and (a := _as_set(p)) is not None and a == _as_set(g)
 
 
 def _fast_equal(pred, gold):
