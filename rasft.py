@@ -480,13 +480,11 @@ def end_token_id(tok):
 #      \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}"), unless a marker with math follows it;
 #   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), if it has math, cut to its
 #      math: "Final Answer: The largest $n$ is 34." -> 34;
-#   3. the last math span ($..$, \(..\), \[..\]) of the final sentence, joined like boxes, unless the sentence
-#      denies it ("$x = 3$ does not work") or stops before it states a value ("$(2+1)(1+1)$, which is");
-#   4. the value a finished final sentence states in words: a number, fraction or percentage after "is / are /
-#      = / increases by" or a count ("So there are 12 such sequences."), not "is not 10", "at least 12", "12 or
-#      13?", "12 more than x";
+#   3. the last math span ($..$, \(..\), \[..\]; `$1,000.99` is money) of the final sentence, joined like boxes,
+#      unless the sentence denies it ("$x = 3$ does not work") or stops before its value ("$(2+1)^2$, which is");
+#   4. the number a finished final sentence states after "is / = / increases by" or as a count ("So there are 12
+#      such sequences."), not "is not 10", "at least 12", "12 or 13?", "12 more than x";
 #   5. the words after the last marker ("Answer: East"). Never the last number anywhere.
-# A `$` before a number that no math follows is a currency sign ("costs $1,000.99 in all"), not a delimiter.
 _BRACED = r"(?:\\.|[^{}\\])*"
 for _ in range(8):  # balanced braces nested up to 8 deep; escaped \{ \} are plain characters
     _BRACED = r"(?:\\.|[^{}\\]|\{" + _BRACED + r"\})*"
@@ -497,10 +495,10 @@ _CURRENCY_RE = re.compile(r"(?<![\\$])\$(?=\d[\d,]*(?:\.\d+)?(?:\s+[a-zA-Z]{2}|[
 _MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)|^####", re.I | re.M)  # GSM8K: "#### 42"
 _DELIM_RE = re.compile(r"^\s*\\[\[(]|\\[\])]\s*$")
 _STATED_RE = re.compile(r"(?:\b(?:is|are|was|were|be|equals|(?:in|de)creases? by|has|have|had|gets?|got|makes?|needs?|"
-                        r"takes?|costs?)|=)\s*(?:(?:exactly|only|just|then|now|a total of|equal to)\s+)*"
-                        r"(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?(?:\s*%)?)((?:\s+[a-z]+){0,5})[.!]$")
-_HEDGE_RE = re.compile(r"\b(?:not|never|if|when|for|where|at|given|let|suppose|case|unless|whether|more|less|fewer|"
-                       r"than|or|and|times|plus|minus|squared|cubed|hundred|thousand|million|billion|dozen)\b|n't", re.I)
+                        r"takes?|costs?)|=)\s*(?:(?:exactly|only|just|then|now|a total of|equal to)\s+)*(-?\d[\d,]*"
+                        r"(?:\.\d+)?(?:/\d+)?(?:\s*%)?)((?:\s+[a-z]+){0,5})[.!]$")  # then <= 5 words, none a hedge:
+_HEDGE_RE = re.compile(r"\b(?:not|never|if|when|for|where|at|given|let|suppose|case|unless|whether|more|less|fewer|than"
+                       r"|or|and|times|plus|minus|squared|cubed|hundred|thousand|million|billion|dozen)\b|n't", re.I)
 _FILLER_RE = re.compile(r"\\text\s*\{|\\q?quad|\\[()\[\],;:! ]|[{}$~]")
 
 
@@ -509,8 +507,7 @@ def _body(m):  # \boxed{\boxed{5}} is 5
     return _body(inner) if (inner := _BOX_RE.fullmatch(b)) else b
 
 
-def _joined(spans, text):
-    """The last span's content, with those before it that only punctuation or "... and" / "... or" separate."""
+def _joined(spans, text):  # the last span's content, and those before it that only punctuation or "and" separate
     parts = [_body(spans[-1])]  # an unclosed (truncated) box or span does not match
     for prev, cur in zip(spans[-2::-1], spans[:0:-1]):
         gap = re.sub(r"\S+\s*=\s*$", "", _FILLER_RE.sub(" ", text[prev.end():cur.start()]))  # "\) and \( y_2 ="
@@ -521,8 +518,7 @@ def _joined(spans, text):
     return ", ".join(parts) if all(parts) else None
 
 
-def _after_marker(text, m):
-    """The math of the sentence after marker m ("x is 12" -> 12), or ""."""
+def _after_marker(text, m):  # the math of the sentence after marker m ("x is 12" -> 12), or ""
     line = next((ln for ln in text[m.end():].split("\n") if ln.strip(" \t*$")), "")
     line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]  # sentence end, not a decimal point
     if re.search(r"[\d\\$]", value := re.split(r"\s(?:is|are|equals)\s", line)[-1]):
@@ -541,26 +537,23 @@ def _find_answer(text):
     spans = boxes or list(_MATH_RE.finditer(text))  # a span: only if no later sentence, denial or cut-off follows
     late = spans and re.search(r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b|(?:\b(?:is|are|was|equals?|"
                                r"gives?|yields?|becomes?|get|which|to|of|by|and|or)|=)\W*$", text[spans[-1].end():])
-    return _joined(spans, text) if boxes or spans and not late else _stated(text) or words or None
-
-
-def _stated(text):
-    """The value that a finished final sentence states in words ("So there are 12 such sequences." -> 12), or None."""
-    s = re.split(r"(?<=[.!?])\s+|\n", text.strip().rstrip("*\"' "))[-1]
-    m = _STATED_RE.search(s)  # the last number of the sentence, after a verb that states it, then at most 5 words
-    return m[1] if m and not _HEDGE_RE.search(re.split(r"[,;:]", s[:m.start()])[-1] + m[2]) else None
+    if boxes or spans and not late:
+        return _joined(spans, text)
+    s = re.split(r"(?<=[.!?])\s+|\n", text.strip().rstrip("*\"' "))[-1]  # the final sentence: its last number,
+    m = _STATED_RE.search(s)  # after a verb that states it
+    return m and not _HEDGE_RE.search(re.split(r"[,;:]", s[:m.start()])[-1] + m[2]) and m[1] or words or None
 
 
 def extract_answer(text):
     """The final answer of a completion, found in the order written above, or None."""
-    text = _CURRENCY_RE.sub("", re.sub(r"<\|(?:im_end|im_start|endoftext|eot_id)\|>[\s\S]*", "", text or ""))  # turn ended
+    text = _CURRENCY_RE.sub("", re.sub(r"<\|(?:im_end|im_start|endoftext|eot_id)\|>[\s\S]*", "", text or ""))
     return "</think>" in text and _find_answer(text[text.rfind("</think>") + 8:]) or _find_answer(text)
 
 
 # ---------------------------- math: normalization ---------------------------
-_UNICODE = {"√": "\\sqrt", "π": "\\pi ", "×": "\\times ", "÷": "\\div ", "−": "-", "–": "-", "≤": "<=", "≥": ">=",
-            "∞": "\\infty ", "°": "", "·": "\\cdot ", "∪": "\\cup ", "∈": "\\in ", "≠": "!=", "≈": "\\approx ",
-            "…": "...", "ℝ": "\\mathbb{R}", "∅": "\\emptyset", "²": "^2", "³": "^3"}
+_UNICODE = str.maketrans({"√": "\\sqrt", "π": "\\pi ", "×": "\\times ", "÷": "\\div ", "−": "-", "–": "-", "≤": "<=",
+                          "≥": ">=", "∞": "\\infty ", "°": "", "·": "\\cdot ", "∪": "\\cup ", "∈": "\\in ", "≠": "!=",
+                          "≈": "\\approx ", "…": "...", "ℝ": "\\mathbb{R}", "∅": "\\emptyset", "²": "^2", "³": "^3"})
 _FUNCS = "asin|acos|atan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|exp|log|ln"
 _TEXT_CMD = r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname|textnormal)\s*"
 # A template (r"\1") is expanded only where its pattern matches: given as a string, re parses it on every call.
@@ -591,8 +584,7 @@ _REPEAT_RE = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?")
 
 
 def _norm(s):
-    for k, v in _UNICODE.items():
-        s = s.replace(k, v)
+    s = s.translate(_UNICODE)
     for pat, rep in _NORM_SUBS:
         s = pat.sub(rep, s)
     if lead := _LEADING_NUM_RE.match(s := s.strip()):  # units only after a number: a bare `m`, `2m` survive
@@ -605,8 +597,7 @@ def _norm(s):
     return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", lambda m: m[1] or m[2], s)  # base 204_5 -> 204; (B) -> B
 
 
-def _to_number(s):
-    """Exact Fraction for a plain numeric literal (int, decimal, 4e3, a/b, \\frac, mixed, repeating), or None."""
+def _to_number(s):  # exact Fraction of a numeric literal (int, decimal, 4e3, a/b, \frac, mixed, repeating), or None
     s = _FRAC_RE.sub(lambda m: f" {m[1] or m[2]}/{m[3] or m[4]}", s).strip()
     try:
         if m := re.fullmatch(r"([-+]?) *(?:(\d+) +)?(-?\d+/\d+)", s):  # a/b or a mixed number `2 1/2`
@@ -621,8 +612,7 @@ def _to_number(s):
         return None
 
 
-def _tol(g):
-    """Half a unit in the gold's last digit when the gold is a decimal (or 4e3) literal, else 0 (exact)."""
+def _tol(g):  # half a unit in the gold's last digit when the gold is a decimal (or 4e3) literal, else 0 (exact)
     m = re.fullmatch(r"[-+]?\d*(?:\.(\d*))?(?:e([-+]?\d{1,3}))?", g)
     return Fraction(10) ** (int(m[2] or 0) - len(m[1] or "")) / 2 if m and (m[2] or (m[1] or "").strip("0")) else 0
 
@@ -664,8 +654,7 @@ def _to_sympy(s):
     return e if isinstance(e, sympy.Expr) else None
 
 
-def _vals(e, syms):
-    """e at four fixed random rational points; None where it is undefined or infinite."""
+def _vals(e, syms):  # e at four fixed random rational points; None where it is undefined or infinite
     rng = random.Random(1234)
     pts = [{s: sympy.Rational(rng.randint(-300, 300) or 7, rng.randint(71, 131)) for s in syms} for _ in range(4)]
     return [v if (v := e.evalf(30, subs=pt)).is_number and v.is_finite else None for pt in pts]
@@ -698,11 +687,11 @@ _MATRIX_RE = re.compile(r"[(\[]?\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]+\})
 # (x, y); S_1:S; \frac{NO}{BO}. \pi and |x| are no label.
 _NAME = (r"(?:m?\\angle\s*)?(?!\\(?:pi|infty)\b|Abs\()(?:\\(?:overline|vec|bar|hat)\{\w+\}|\\?[A-Za-z]+'*)"
          r"(?:_\w+|_\{[^{}]*\})?(?:\^\{?-1\}?)?(?:\s?\([A-Za-z, ]*\))?")
-_LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\(\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\)|\\frac\{{{_NAME}\}}\{{{_NAME}\}}")
+_LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\(\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\)"
+                       rf"|\\frac\{{{_NAME}\}}\{{{_NAME}\}}")
 
 
-def _split_top(s, sep):
-    """s split at sep outside brackets, or [] if a bracket closes unopened."""
+def _split_top(s, sep):  # s split at sep outside brackets, or [] if a bracket closes unopened
     parts, depth, start = [], 0, 0
     for i, c in enumerate(s):
         if (depth := depth + (c in "([{") - (c in ")]}")) < 0:
@@ -716,28 +705,24 @@ def _coll(items):  # an unordered collection, nested ones flattened
     return ("coll", [y for it in items for y in (it[1] if it[0] == "coll" else [it])])
 
 
-def _ineq(s):
-    """`x > 3`, `3 >= x`, `-1 <= f(x) < 2` as an interval, or None."""
+def _ineq(s):  # `x > 3`, `3 >= x`, `-1 <= f(x) < 2` as an interval, or None
     p = [t.strip() for t in re.split(r"(<=|>=|<|>)", s)]
     if len(p) == 3:  # one-sided: the open end is an infinity
-        lt = p[1][0] == "<"
-        p = ([("-" if lt else "") + "\\infty", p[1][0], *p] if _LABEL_RE.fullmatch(p[0])
-             else [*p, p[1][0], ("" if lt else "-") + "\\infty"])
+        inf = ("-\\infty", "\\infty")[::1 if p[1][0] == "<" else -1]
+        p = [inf[0], p[1][0], *p] if _LABEL_RE.fullmatch(p[0]) else [*p, p[1][0], inf[1]]
     if len(p) != 5 or not _LABEL_RE.fullmatch(p[2]) or p[1][0] != p[3][0]:
         return None
     lo, o1, _, o2, hi = p if p[1][0] == "<" else p[::-1]
     return ("seq", "[" if "=" in o1 else "(", "]" if "=" in o2 else ")", [_parse(lo), _parse(hi)])
 
 
-def _as_set(t):
-    """An interval, a relation in one variable, or a union or list of them, as a sympy set; else None."""
-    if t[0] == "x" and len(p := re.split(r"(<=|>=|<|>)", t[1])) > 1:  # compared as the set it defines: -x > -1 is x < 1
+def _as_set(t):  # an interval, a relation in one variable, or a union or list of them, as a sympy set; else None
+    if t[0] == "x" and len(p := re.split(r"(<=|>=|<|>)", t[1])) > 1:  # as the set it defines: -x > -1 is x < 1
         e = [_to_sympy(x) for x in p[::2]]
-        if None in e or len(xs := set().union(*(x.free_symbols for x in e))) != 1:
-            return None
-        with contextlib.suppress(ValueError, TypeError, NotImplementedError):
-            return sympy.Intersection(*[sympy.solveset(sympy.Rel(a, b, op), *xs, sympy.S.Reals)
-                                        for a, op, b in zip(e, p[1::2], e[1:])])
+        if None not in e and len(xs := set().union(*(x.free_symbols for x in e))) == 1:
+            with contextlib.suppress(ValueError, TypeError, NotImplementedError):
+                return sympy.Intersection(*[sympy.solveset(sympy.Rel(a, b, op), *xs, sympy.S.Reals)
+                                            for a, op, b in zip(e, p[1::2], e[1:])])
     if t[0] in ("set", "coll"):
         return None if None in (u := [_as_set(x) for x in t[1]]) else sympy.Union(*u)
     if t[0] == "seq" and t[1] in "([" and t[2] in ")]" and len(t[3]) == 2 and all(x[0] == "x" for x in t[3]):
@@ -752,11 +737,11 @@ def _parse(s):
     """Tree of ('x', scalar) | ('coll', unordered items) | ('seq', open, close, items) | ('eq', lhs, rhs)
     | ('set', items of a union). Lists, sets and tuples are split here and nowhere else."""
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s.strip())
-    if len(ps := re.split(r"(?<=[})\]])\s*([+-])\s*(?=[(\[]?\\begin)", s)) > 1 and all(ms := [*map(_MATRIX_RE.fullmatch, ps[::2])]):
-        grids = [[r.split("&") for r in re.split(r"\\\\", m[2]) if r.strip()] for m in ms]  # a sum of matrices
-        if len({str([len(r) for r in x]) for x in grids}) == 1:  # of one shape: added entry by entry
-            s = "\\begin{pmatrix}" + "\\\\".join("&".join("".join(f"{op}({c})" for op, c in zip("+" + "".join(
-                ps[1::2]), cs)) for cs in zip(*rows)) for rows in zip(*grids)) + "\\end{pmatrix}"
+    ps = re.split(r"(?<=[})\]])\s*([+-])\s*(?=[(\[]?\\begin)", s)  # a sum of matrices of one shape: entry by entry
+    grids = [[r.split("&") for r in re.split(r"\\\\", m[2]) if r.strip()] for m in map(_MATRIX_RE.fullmatch, ps) if m]
+    if len(ps) > 1 and len(grids) == len(ps[::2]) and len({str(list(map(len, x))) for x in grids}) == 1:
+        s = "\\begin{pmatrix}" + "\\\\".join("&".join("".join(f"{op}({c})" for op, c in zip(
+            "+" + "".join(ps[1::2]), cs)) for cs in zip(*rows)) for rows in zip(*grids)) + "\\end{pmatrix}"
     if m := _MATRIX_RE.fullmatch(s):
         rows = [[_parse(c) for c in r.split("&")] for r in re.split(r"\\\\", m[2]) if r.strip()]
         if len(rows) == 1 or all(len(r) == 1 for r in rows):  # a row or column vector equals a tuple
@@ -787,8 +772,7 @@ def _eq_eq(p, g):
     return len(r) >= 2 and abs(r[0]) > 1e-12 and all(abs(x - r[0]) < 1e-15 * abs(r[0]) for x in r)
 
 
-def _values(t):
-    """What an equation gives as the answer: "x = 5" -> [5]; "2 + 3 = 5" -> [2 + 3, 5], each must match; else [t]."""
+def _values(t):  # what an equation answers: "x = 5" -> [5]; "2 + 3 = 5" -> [2 + 3, 5], each must match; else [t]
     if t[0] == "eq" and _LABEL_RE.fullmatch(t[1]):
         return [_parse(t[2])]
     if t[0] == "eq" and (e := _to_sympy(t[1])) is not None and not e.free_symbols:
@@ -798,9 +782,8 @@ def _values(t):
 
 def _point(t):  # "x = 5, y = 8" names the point (5, 8); "p=5,q=2;p=7,q=2" the points (5, 2), (7, 2)
     if t[0] == "coll" and t[1] and all(x[0] == "eq" and _LABEL_RE.fullmatch(x[1]) for x in t[1]):
-        names = [x[1].replace(" ", "") for x in t[1]]
-        k = names.index(names[0], 1) if names.count(names[0]) > 1 else len(names)  # labels per point
-        if k > 1 and names == names[:k] * (len(names) // k):
+        names = [x[1] for x in t[1]]
+        if (k := (names + names[:1]).index(names[0], 1)) > 1 and names == names[:k] * (len(names) // k):  # k per point
             pts = [("seq", "(", ")", [_parse(x[2]) for x in t[1][i:i + k]]) for i in range(0, len(t[1]), k)]
             return pts[0] if len(pts) == 1 else ("coll", pts)
     return t
@@ -827,15 +810,12 @@ def _cmp(p, g):
         return not left or len(set(map(str, gs))) == len(gs) and all(any(_cmp(x, gi) for gi in gs) for x in left)
     if p[0] == g[0] == "seq":
         return p[1:3] == g[1:3] and len(p[3]) == len(g[3]) and all(map(_cmp, p[3], g[3]))
-    if p[0] == g[0] == "x" and _scalar_eq(p[1], g[1]):
-        return True
-    return any(t[0] == "x" and re.search("[<>]", t[1]) for t in (p, g)) and (a := _as_set(p)) is not None and a == _as_set(g)
+    return (p[0] == g[0] == "x" and _scalar_eq(p[1], g[1]) or "x" in (p[0], g[0]) and re.search("[<>]", str(p + g))
+            and (a := _as_set(p)) is not None and a == _as_set(g))  # a relation, as the set it defines
 
 
-def _fast_equal(pred, gold):
-    """In-process verdict for equal strings or two plain numbers; None when sympy is needed."""
-    p, g = _norm(pred), _norm(gold)
-    fp, fg = _to_number(p), _to_number(g)
+def _fast_equal(pred, gold):  # in-process verdict for equal strings or two plain numbers; None when sympy is needed
+    fp, fg = _to_number(p := _norm(pred)), _to_number(g := _norm(gold))
     if p == g or (fp is not None and fg is not None and abs(fp - fg) <= _tol(g)):
         return True
     return None if fp is None or fg is None or "%" in pred + gold else False
@@ -1008,8 +988,7 @@ def run_tests(program, tests, timeout=10.0, memory_mb=2048, max_output=1 << 20):
         finally:
             os.close(r)
         out, deadline, fd = bytearray(), time.monotonic() + timeout, proc.stdout.fileno()
-        # Read to the end, keeping only the last max_output bytes: debug prints must not fail a correct solution
-        # (nor fill the trainer's memory), and the marker is printed last.
+        # Read to the end, keep the last max_output bytes: debug prints must not fail (or fill) us; the marker is last.
         while (left := deadline - time.monotonic()) > 0:
             if not select.select([fd], [], [], left)[0] or not (chunk := os.read(fd, 1 << 16)):
                 break
