@@ -276,6 +276,10 @@ CASES = [
     ("relations", "eq", "1 \\le |z| < 3/2", "[-\\frac32, -1] \\cup [1, \\frac32]", False),
     ("relations", "eq", "x^2 < 4", "-2 < x < 2", True),
     ("relations", "eq", "x^2 < 4", "x < 2", False),
+    ("relations", "eq", "\\frac{1}{x} < 3", "(-\\infty, 0) \\cup (\\frac13, \\infty)", True),
+    ("relations", "eq", "x \\ne 3", "(-\\infty, 3) \\cup (3, \\infty)", True),
+    ("relations", "eq", "\\sin x > 0", "(0, \\pi)", False),  # true on infinitely many intervals, not on one
+    ("relations", "eq", "x < e", "(-\\infty, e)", True),  # e is a constant, not a second variable
 
     # 13. (issue 20) labelled structures: a label that is an expression, assignment lists against tuples
     ("labelled", "eq", "\\frac{1}{\\sqrt6}", "\\frac{NO}{BO} = \\frac{1}{\\sqrt{6}}", True),
