@@ -493,11 +493,11 @@ _MATH_RE = re.compile(r"\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|(?<!\\)\$((?:\\\$|
 _CURRENCY_RE = re.compile(r"(?<![\\$])\$(?=\d[\d,]*(?:\.\d+)?(?:\s+[a-zA-Z]{2}|[.,;:!?]?(?:\s|$)))")
 _MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)|^####", re.I | re.M)  # GSM8K: "#### 42"
 _DELIM_RE = re.compile(r"^\s*\\[\[(]|\\[\])]\s*$")
-_STATED_RE = re.compile(r"(?:\b(?:is|are|was|were|be|equals|(?:in|de)creases? by|has|have|had|gets?|got|makes?|needs?|"
-                        r"takes?|costs?)|=)\s*(?:(?:exactly|only|just|then|now|a total of|equal to)\s+)*(-?\d[\d,]*"
-                        r"(?:\.\d+)?(?:/\d+)?(?:\s*%)?)((?:\s+[a-z]+){0,5})[.!]$")  # then <= 5 words, none a hedge:
-_HEDGE_RE = re.compile(r"\b(?:not|never|if|when|for|where|at|given|let|suppose|case|unless|whether|more|less|fewer|than"
-                       r"|or|and|times|plus|minus|squared|cubed|hundred|thousand|million|billion|dozen)\b|n't", re.I)
+_STATED_RE = re.compile(r"(?:\b(?:is|are|was|were|be|ha[sd]|have|got|made|sold|took|spent|paid|(?:in|de)crease[sd] by"
+                        r"|[a-z]+(?:s|ed))|=)\s*(?:(?:exactly|only|just|then|now|a total of|equal to)\s+)*(-?\d[\d,]*"
+                        r"(?:\.\d+)?(?:/\d+)?(?:\s*%)?)((?:\s+[a-z'/]+){0,6})[.!]$")  # a verb, the value, <= 6 words
+_HEDGE_RE = re.compile(r"\b(?:not|never|if|when|for|where|at|given|let|suppose|case|unless|whether|which|than|or|and"
+                       r"|times|plus|minus|squared|cubed|hundred|thousand|[mb]illion|dozen)\b|n't", re.I)
 _FILLER_RE = re.compile(r"\\text\s*\{|\\q?quad|\\[()\[\],;:! ]|[{}$~]")
 
 
@@ -533,13 +533,18 @@ def _find_answer(text):
         if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
             return ans
         words = words or ans  # "The answer is not obvious. [...] So $x = 5$." is 5
-    spans = boxes or list(_MATH_RE.finditer(text))  # a span: only if no later sentence, denial or cut-off follows
-    late = spans and re.search(r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b|(?:\b(?:is|are|was|equals?|"
-                               r"gives?|yields?|becomes?|get|which|to|of|by|and|or)|=)[\s,:]*$", text[spans[-1].end():])
+    spans = boxes or list(_MATH_RE.finditer(text))  # a span, unless a later sentence, a denial, a cut-off or a value
+    late = spans and (_stated(tail := text[spans[-1].end():]) or re.search(  # follows: "$x$ is 7." is 7
+        r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b|(?:\b(?:is|are|was|equals?|gives?|yields?|becomes?"
+        r"|get|which|to|of|by|and|or)|=)[\s,:]*$", tail))
     if boxes or spans and not late:
         return _joined(spans, text)
-    m = _STATED_RE.search(s := re.split(r"(?<=[.!?])\s+|\n", text.strip().rstrip("*\"' "))[-1])  # the final sentence
-    return m and not _HEDGE_RE.search(re.split(r"[,;:]", s[:m.start()])[-1] + m[2]) and m[1] or words or None
+    return _stated(text) or words or None
+
+
+def _stated(text):  # the number that the final sentence states after a verb, if finished and with no hedge near it
+    m = _STATED_RE.search(s := re.split(r"(?<=[.!?])\s+|\n", text.strip().rstrip("*\"' "))[-1])
+    return m and not _HEDGE_RE.search(" ".join(s[:m.start()].split()[-3:] + m[2].split()[:2])) and m[1] or None
 
 
 def extract_answer(text):
@@ -643,10 +648,9 @@ def _to_sympy(s):
     if (not _SAFE_RE.fullmatch(py) or "__" in py or len(py) > 2000
             or re.search(r"\.\s*[A-Za-z_]|factorial\(\d{5}|\*\*[\s(]*\d+[\s)]*\*\*", py)):
         return None
-    try:
+    e = None
+    with contextlib.suppress(*_PARSE_ERRORS):  # not an expression sympy understands
         e = parse_expr(py, local_dict=dict(_LOCALS), transformations=_TRANSFORMS)
-    except _PARSE_ERRORS:  # not an expression sympy understands
-        return None
     return e if isinstance(e, sympy.Expr) else None
 
 
@@ -716,7 +720,6 @@ def _as_set(t):  # an interval, a relation in one variable, or a union or list o
         if None not in ends and not any(e.free_symbols for e in ends):
             with contextlib.suppress(ValueError, TypeError):
                 return sympy.Interval(*ends, t[1] == "(", t[2] == ")")
-    return None
 
 
 def _parse(s):
@@ -864,11 +867,10 @@ def math_equal(pred, gold, timeout=5.0):
             atexit.register(_shutdown_worker)
             os.register_at_fork(after_in_child=_forget_worker)
         _WORKER = _WORKER or _start_worker()
-        try:
+        r = None
+        with contextlib.suppress(OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
             _WORKER[1].send((str(pred), str(gold)))
             r = _WORKER[1].recv() if _WORKER[1].poll(timeout) else None
-        except (OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
-            r = None
         if r is None:
             _shutdown_worker()
     return bool(r)

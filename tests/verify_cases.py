@@ -242,6 +242,14 @@ CASES = [
      "7", False),
     ("stated", "ext", "We know that 3 + 4 = 7 and that the sum is odd. Then we continue with the second part", "7",
      False),
+    ("stated", "ext", "Therefore, the value of $x$ is 7.", "7", True),  # a span as the subject, the value after it
+    ("stated", "ext", "Therefore, the value of $x$ is 7.", "x", False),
+    ("stated", "ext", "Hence $a + b = 10$ at best, so the minimum value of the sum is 10.", "10", True),
+    ("stated", "ext", "The chance is $\\frac{1}{3}$, which is 0.33.", "\\frac13", True),  # "which is" glosses the span
+    ("stated", "ext", "Therefore, the remainder when 2^100 is divided by 7 is 2.", "2", True),
+    ("stated", "ext", "Therefore, the remainder when 2^100 is divided by 7 is 2.", "7", False),
+    ("stated", "ext", "In total, the bakery earns $18 every day at the market.", "18", True),
+    ("stated", "ext", "So the average speed is 60 km/h.", "60", True),
 
     # 11. (issue 20) currency and units around a number; math spans over line breaks
     ("currency", "ext", "Each ticket costs $25, so the total cost is $1,000.99.", "1000.99", True),
