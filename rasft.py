@@ -490,7 +490,7 @@ for _ in range(8):  # balanced braces nested up to 8 deep; escaped \{ \} are pla
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?:\s*\{(" + _BRACED + r")\}| +([^\s${][^\s$]*))")  # also `\boxed 5`
 _MATH_RE = re.compile(r"\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|(?<!\\)\$((?:\\\$|[^$\n]|\n(?!\s*\n))+?)(?<!\\)\$"
                       r"|\\\(([\s\S]+?)\\\)")  # a span may wrap lines, not paragraphs
-_CURRENCY_RE = re.compile(r"(?<![\\$])\$(?=\d[\d,]*(?:\.\d+)?(?:\s+[a-zA-Z]{2}|[.,;:!?]?(?:\s|$)))")
+_CURRENCY_RE = re.compile(r"(?<![\\$])\\?\$(?=\d[\d,]*(?:\.\d+)?(?:\s+[a-zA-Z]{2}|[.,;:!?]?(?:\s|$)))")
 _MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)|^####", re.I | re.M)  # GSM8K: "#### 42"
 _DELIM_RE = re.compile(r"^\s*\\[\[(]|\\[\])]\s*$")
 _STATED_RE = re.compile(r"(?:\b(?:is|are|was|were|be|ha[sd]|have|got|made|sold|took|spent|paid|(?:in|de)crease[sd] by"

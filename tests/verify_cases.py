@@ -256,6 +256,7 @@ CASES = [
     ("currency", "ext", "Each ticket costs $25, so the total cost is $1,000.99.", "25", False),
     ("currency", "ext", "He paid $5 and got $3 back, so the answer is \\boxed{2}.", "2", True),
     ("currency", "ext", "He paid $5 and got $3 back.", "5", False),
+    ("currency", "ext", "So the total cost is \\$1,000.99.", "1000.99", True),  # an escaped sign is money too
     ("currency", "ext", "So $x = 5$ and the cost is $\\$ = 25$.", "25", True),
     ("currency", "ext", "So the total comes to $$\n 9 \n$$", "9", True),
     ("currency", "ext", "So the total comes to $\n 9 \n$", "9", True),
