@@ -481,7 +481,7 @@ def end_token_id(tok):
 #   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), if it has math, cut to its
 #      math: "Final Answer: The largest $n$ is 34." -> 34;
 #   3. the last math span ($..$, \(..\), \[..\]; `$1,000.99` is money) of the final sentence, joined like boxes, unless
-#      the sentence denies it ("$x = 3$ does not work"), stops before a value ("$(2+1)^2$, which is") or states one later;
+#      the sentence denies it ("$x = 3$ does not work"), stops before a value ("$(2+1)^2$, which") or states one later;
 #   4. the number a finished final sentence states ("So there are 12 such sequences."; not "is not 10", "12 or 13?");
 #   5. the words after the last marker ("Answer: East"). Never the last number anywhere.
 _BRACED = r"(?:\\.|[^{}\\])*"
