@@ -785,13 +785,14 @@ def _cmp(p, g):
     if (q := [_point(t) for t in (p, g)]) != [p, g] and ("seq" in (p[0], g[0]) or any(
             a != b and a[0] == "coll" for a, b in zip(q, (p, g)))):  # a list of points
         return _cmp(*q)
-    if "coll" in (p[0], g[0]):  # unordered: solution lists and sets; {1, 1, 2} is {1, 2} unless the gold repeats too
+    if "coll" in (p[0], g[0]):  # unordered: solution lists and sets; {1, 1, 2} is {1, 2}, unless the gold repeats
         left, gs = list(p[1] if p[0] == "coll" else [p]), g[1] if g[0] == "coll" else [g]
         for gi in gs:
             if (j := next((j for j, pj in enumerate(left) if _cmp(pj, gi)), None)) is None:
                 return False
             del left[j]
-        return not left or len(set(map(str, gs))) == len(gs) and all(any(_cmp(x, gi) for gi in gs) for x in left)
+        dup = g[0] == "coll" and len(set(map(str, gs))) == len(gs)  # a gold set: a leftover may repeat another item
+        return not left or dup and all(any(_cmp(x, y) for y in p[1] if y is not x) for x in left)
     if p[0] == g[0] == "seq":
         return p[1:3] == g[1:3] and len(p[3]) == len(g[3]) and all(map(_cmp, p[3], g[3]))
     return (p[0] == g[0] == "x" and _scalar_eq(p[1], g[1]) or "x" in (p[0], g[0]) and re.search("[<>!]", str(p + g))
@@ -822,8 +823,7 @@ def _start_worker():
     if (pid := os.fork()) == 0:
         conn.close()  # so the child sees EOF (and exits) when the parent dies
         try:
-            while True:
-                args = child.recv()
+            for args in iter(child.recv, None):  # until EOFError: the parent is gone
                 try:
                     r = bool(_math_equal_inner(*args))
                 except Exception:  # noqa: BLE001 -- one bad input must not kill the worker; it counts as unequal

@@ -308,6 +308,9 @@ CASES = [
     ("repeats", "eq", "\\{1, 1, 2\\}", "\\{1, 2, 3\\}", False),
     ("repeats", "eq", "1, 2", "1, 1, 2", False),  # the gold counts a double root
     ("repeats", "eq", "(1, 1, 2)", "(1, 2)", False),  # a tuple keeps its repeats
+    ("repeats", "eq", "x = 1, y = 1", "1", False),  # two labelled values are no repeat of one
+    ("repeats", "eq", "x > 0, y > 0", "x > 0", False),
+    ("repeats", "eq", "1, 2, 2", "\\{1, 2\\}", True),
     ("repeats", "eq", "\\frac{\\sqrt{3}}{3} \\approx 0.577", "\\frac{\\sqrt3}{3}", True),
     ("repeats", "eq", "\\frac{\\sqrt{2}}{3} \\approx 0.577", "\\frac{\\sqrt3}{3}", False),
     ("repeats", "eq", "x \\approx 0.577", "0.577", True),
