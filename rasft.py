@@ -536,7 +536,7 @@ def _find_answer(text):
     spans = boxes or list(_MATH_RE.finditer(text))  # a span, unless a later sentence, a denial, a cut-off or a value
     late = spans and (_stated(tail := text[spans[-1].end():]) or re.search(  # follows: "$x$ is 7." is 7
         r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b|(?:\b(?:is|are|was|equals?|gives?|yields?|becomes?"
-        r"|get|which|to|of|by|and|or)|=)[\s,:]*$", tail))
+        r"|get|which|that|to|of|by|in|as|and|or|so|then|have|obtain|\w+ing)|=)[\s,:]*$", tail))  # "..., giving"
     if boxes or spans and not late:
         return _joined(spans, text)
     return _stated(text) or words or None

@@ -333,6 +333,9 @@ CASES = [
     ("cut off", "ext", "The number of divisors is $(2+1)(1+1)(1+1)$, which equals", "12", False),
     ("cut off", "ext", "So the number of divisors is $(2+1)(1+1)(1+1) =$", "12", False),
     ("cut off", "ext", "Multiplying the counts gives $(2+1)(1+1)(1+1)$ and", "12", False),
+    ("cut off", "ext", "We multiply the counts $(2+1)(1+1)(1+1)$, resulting in", "12", False),
+    ("cut off", "ext", "We multiply the counts $(2+1)(1+1)(1+1)$, giving", "12", False),
+    ("cut off", "ext", "So the total is $12$ in all", "12", True),  # no full stop, but nothing left hanging
     ("cut off", "ext", "So the number of divisors is $(2+1)(1+1)(1+1)$.", "12", True),
     ("cut off", "ext", "So the number of divisors is $(2+1)(1+1)(1+1) = 12$", "12", True),
 ]
