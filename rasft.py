@@ -501,16 +501,24 @@ def end_token_id(tok):
 #      \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}"), unless a marker with math follows it;
 #   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), if it has math, cut to its
 #      math: "Final Answer: The largest $n$ is 34." -> 34;
-#   3. the last math span ($..$, \(..\), \[..\]) of the final sentence, joined like boxes, unless the sentence
-#      denies it ("$x = 3$ does not work");
-#   4. the words after the last marker ("Answer: East"). Never the last number anywhere: bare prose has no answer.
+#   3. the last math span ($..$, \(..\), \[..\]; `$1,000.99` is money) of the final sentence, joined like boxes, unless
+#      the sentence denies it ("$x = 3$ does not work"), stops before a value ("$(2+1)^2$, which") or states one later;
+#   4. the number a finished final sentence states ("So there are 12 such sequences."; not "is not 10", "12 or 13?");
+#   5. the words after the last marker ("Answer: East"). Never the last number anywhere.
 _BRACED = r"(?:\\.|[^{}\\])*"
 for _ in range(8):  # balanced braces nested up to 8 deep; escaped \{ \} are plain characters
     _BRACED = r"(?:\\.|[^{}\\]|\{" + _BRACED + r"\})*"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?:\s*\{(" + _BRACED + r")\}| +([^\s${][^\s$]*))")  # also `\boxed 5`
-_MATH_RE = re.compile(r"\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)")
+_MATH_RE = re.compile(r"\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|(?<!\\)\$((?:\\\$|[^$\n]|\n(?!\s*\n))+?)(?<!\\)\$"
+                      r"|\\\(([\s\S]+?)\\\)")  # a span may wrap lines, not paragraphs
+_CURRENCY_RE = re.compile(r"(?<![\\$])\\?\$(?=\d[\d,]*(?:\.\d+)?(?:\s+[a-zA-Z]{2}|[.,;:!?]?(?:\s|$)))")
 _MARKER_RE = re.compile(r"\banswers?(?:\s+(?:is|are)\b\s*:?|\s*:)|^####", re.I | re.M)  # GSM8K: "#### 42"
 _DELIM_RE = re.compile(r"^\s*\\[\[(]|\\[\])]\s*$")
+_STATED_RE = re.compile(r"(?:\b(?:is|are|was|were|be|ha[sd]|have|got|made|sold|took|spent|paid|(?:in|de)crease[sd] by"
+                        r"|[a-z]+(?:s|ed))|=)\s*(?:(?:exactly|only|just|then|now|a total of|equal to)\s+)*(-?\d[\d,]*"
+                        r"(?:\.\d+)?(?:/\d+)?(?:\s*%)?)((?:\s+[a-z'/]+){0,6})[.!]$")  # a verb, the value, <= 6 words
+_HEDGE_RE = re.compile(r"\b(?:not|never|if|when|for|where|at|given|let|suppose|case|unless|whether|which|than|or|and"
+                       r"|times|plus|minus|squared|cubed|hundred|thousand|[mb]illion|dozen)\b|n't", re.I)
 _FILLER_RE = re.compile(r"\\text\s*\{|\\q?quad|\\[()\[\],;:! ]|[{}$~]")
 
 
@@ -519,8 +527,7 @@ def _body(m):  # \boxed{\boxed{5}} is 5
     return _body(inner) if (inner := _BOX_RE.fullmatch(b)) else b
 
 
-def _joined(spans, text):
-    """The last span's content, with those before it that only punctuation or "... and" / "... or" separate."""
+def _joined(spans, text):  # the last span's content, and those before it that only punctuation or "and" separate
     parts = [_body(spans[-1])]  # an unclosed (truncated) box or span does not match
     for prev, cur in zip(spans[-2::-1], spans[:0:-1]):
         gap = re.sub(r"\S+\s*=\s*$", "", _FILLER_RE.sub(" ", text[prev.end():cur.start()]))  # "\) and \( y_2 ="
@@ -531,8 +538,7 @@ def _joined(spans, text):
     return ", ".join(parts) if all(parts) else None
 
 
-def _after_marker(text, m):
-    """The math of the sentence after marker m ("x is 12" -> 12), or ""."""
+def _after_marker(text, m):  # the math of the sentence after marker m ("x is 12" -> 12), or ""
     line = next((ln for ln in text[m.end():].split("\n") if ln.strip(" \t*$")), "")
     line = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]  # sentence end, not a decimal point
     if re.search(r"[\d\\$]", value := re.split(r"\s(?:is|are|equals)\s", line)[-1]):
@@ -548,26 +554,36 @@ def _find_answer(text):
         if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
             return ans
         words = words or ans  # "The answer is not obvious. [...] So $x = 5$." is 5
-    spans = boxes or list(_MATH_RE.finditer(text))  # a span: only if no later sentence, and no denial, follows it
-    late = spans and re.search(r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b", text[spans[-1].end():])
-    return _joined(spans, text) if boxes or spans and not late else words or None
+    spans = boxes or list(_MATH_RE.finditer(text))  # a span, unless a later sentence, a denial, a cut-off or a value
+    late = spans and (_stated(tail := text[spans[-1].end():]) or re.search(  # follows: "$x$ is 7." is 7
+        r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b|(?:\b(?:is|are|was|equals?|gives?|yields?|becomes?"
+        r"|get|which|that|to|of|by|in|as|and|or|so|then|have|obtain|\w+ing)|=)[\s,:]*$", tail))  # "..., giving"
+    if boxes or spans and not late:
+        return _joined(spans, text)
+    return _stated(text) or words or None
+
+
+def _stated(text):  # the number that the final sentence states after a verb, if finished and with no hedge near it
+    m = _STATED_RE.search(s := re.split(r"(?<=[.!?])\s+|\n", text.strip().rstrip("*\"' "))[-1])
+    return m and not _HEDGE_RE.search(" ".join(s[:m.start()].split()[-3:] + m[2].split()[:2])) and m[1] or None
 
 
 def extract_answer(text):
     """The final answer of a completion, found in the order written above, or None."""
-    text = re.sub(r"<\|(?:im_end|im_start|endoftext|eot_id)\|>[\s\S]*", "", text or "")  # the turn ended there
+    text = _CURRENCY_RE.sub("", re.sub(r"<\|(?:im_end|im_start|endoftext|eot_id)\|>[\s\S]*", "", text or ""))
     return "</think>" in text and _find_answer(text[text.rfind("</think>") + 8:]) or _find_answer(text)
 
 
 # ---------------------------- math: normalization ---------------------------
-_UNICODE = {"√": "\\sqrt", "π": "\\pi ", "×": "\\times ", "÷": "\\div ", "−": "-", "–": "-", "≤": "<=", "≥": ">=",
-            "∞": "\\infty ", "°": "", "·": "\\cdot ", "∪": "\\cup ", "∈": "\\in ", "≠": "!=", "≈": "\\approx ",
-            "…": "...", "ℝ": "\\mathbb{R}", "∅": "\\emptyset", "²": "^2", "³": "^3"}
+_UNICODE = str.maketrans({"√": "\\sqrt", "π": "\\pi ", "×": "\\times ", "÷": "\\div ", "−": "-", "–": "-", "≤": "<=",
+                          "≥": ">=", "∞": "\\infty ", "°": "", "·": "\\cdot ", "∪": "\\cup ", "∈": "\\in ", "≠": "!=",
+                          "≈": "\\approx ", "…": "...", "ℝ": "\\mathbb{R}", "∅": "\\emptyset", "²": "^2", "³": "^3"})
 _FUNCS = "asin|acos|atan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|exp|log|ln"
 _TEXT_CMD = r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname|textnormal)\s*"
 # A template (r"\1") is expanded only where its pattern matches: given as a string, re parses it on every call.
 _NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) for p, r in (
-    (r"\\?[$%]|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?|\\(?:displaystyle|textstyle)|^\s*\\approx", ""),
+    (r"\\?[$%€£¥]|\\(?:left|right|[bB]igg?[lr]?)(?![a-zA-Z])\.?|\\(?:displaystyle|textstyle)", ""),
+    (r"^\s*(?:\\approx|=)|(?<=[\d})])\s*\\approx\s*-?[\d.]+\s*$", ""),  # \$ = 5; an exact value, then its decimal
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""), (_DELIM_RE.pattern, ""), (r",\\!\s*", ","), (r"\\!", ""),
     (r"(?<!\\)\\(?:[,;: ]|q?quad(?![a-zA-Z]))|~", " "), (r"(?<=\d)(?:\{,\}| )(?=\d{3}(?![\d/]))", ""),  # 1{,}000
     (r";", ","), (r"\\([{}])", r"\1"), (r"\\[dtc]frac", r"\\frac"), (r"\\[lc]?dots[a-z]?", "..."),
@@ -579,12 +595,12 @@ _NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) 
     (r"(\d)\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*\{?([-+]?\d+)\}?", r"\1e\2"),  # 4\times10^{3} -> 4e3
     # LaTeX that sympy has other names for; \frac, \sqrt and braces are left to _to_sympy
     (r"\\(" + _FUNCS + r")\s*\^\s*\{?(\d)\}?\s*(\([^()]*\)|\\?[a-zA-Z0-9]+)", r"(\\\1(\3))^{\2}"),  # \sin^2 x
-    (r"_\{\\?([A-Za-z0-9]+)\}|_\\?([A-Za-z0-9])", r"_\1\2"), (r"\|([^|]+)\|", r"Abs(\1)"),
+    (r"_\{\\?([A-Za-z0-9]+)\}|_\\?([A-Za-z0-9])", r"_\1\2 "), (r"\|([^|]+)\|", r"Abs(\1)"),
     (r"\\log_\{?(\w+)\}?\s*(\([^()]*\)|\{[^{}]*\}|\w+)", r"\\log(\2, \1)"), (r"\\cdot|\\times", "*"),
     (r"\\lfloor", " floor("), (r"\\lceil", " ceiling("), (r"\\r(?:floor|ceil)", ")"), (r"\\div", "/"),
     (r"\\arc", r"\\a"), (r"\\ln(?![a-zA-Z])", r"\\log"), (r"\\var(?=epsilon|theta|phi)", r"\\"))]
 _UNIT_TEX_RE = re.compile(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$")
-_UNIT_WORD_RE = re.compile(r"(?:\s+[a-zA-Z]{2,}\.?)+(?:\^\{?\d\}?)?$")
+_UNIT_WORD_RE = re.compile(r"(?:\s+(?:[a-zA-Z]{2,}\.?|m(?=\^)))+(?:\^\{?\d\}?)?$")  # 5 ft, 5 m^2
 _LEADING_NUM_RE = re.compile(r"[-+]?(?:\d|\.\d|\\frac\{?\d|\\sqrt)")
 _NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?")
 _FRAC_RE = re.compile(r"\\frac\s*(?:\{\s*(-?\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))")
@@ -592,8 +608,7 @@ _REPEAT_RE = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?")
 
 
 def _norm(s):
-    for k, v in _UNICODE.items():
-        s = s.replace(k, v)
+    s = s.translate(_UNICODE)
     for pat, rep in _NORM_SUBS:
         s = pat.sub(rep, s)
     if lead := _LEADING_NUM_RE.match(s := s.strip()):  # units only after a number: a bare `m`, `2m` survive
@@ -601,20 +616,17 @@ def _norm(s):
     s = re.sub(r"\s+", " ", re.sub(_TEXT_CMD + r"\{([^{}]*)\}", lambda m: f" {m[1]} ", s)).strip()
     s = re.sub(r"(?<!\.)\.$", "", s).strip()  # a full stop; an ellipsis is part of the answer
     s = _UNIT_WORD_RE.sub("", s) or s if lead else s
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # thousands separators, not a list
-        s = s.replace(",", "")
+    s = s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) else s  # 1,000,000 but not 1,2
     return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", lambda m: m[1] or m[2], s)  # base 204_5 -> 204; (B) -> B
 
 
-def _to_number(s):
-    """Exact Fraction for a plain numeric literal (int, decimal, 4e3, a/b, \\frac, mixed, repeating), or None."""
+def _to_number(s):  # exact Fraction of a numeric literal (int, decimal, 4e3, a/b, \frac, mixed, repeating), or None
     s = _FRAC_RE.sub(lambda m: f" {m[1] or m[2]}/{m[3] or m[4]}", s).strip()
     try:
         if m := re.fullmatch(r"([-+]?) *(?:(\d+) +)?(-?\d+/\d+)", s):  # a/b or a mixed number `2 1/2`
             v = int(m[2] or 0) + Fraction(m[3])
         elif m := _REPEAT_RE.fullmatch(s):  # 0.1\overline{6}
-            head, rep = m[2] + m[3], m[4]
-            v = Fraction(int(head + rep) - int(head or "0"), 10 ** len(m[3]) * (10 ** len(rep) - 1))
+            v = Fraction(int(m[2] + m[3] + m[4]) - int(m[2] + m[3] or "0"), 10 ** len(m[3]) * (10 ** len(m[4]) - 1))
         else:
             return Fraction(s) if _NUM_RE.fullmatch(s) else None
         return -v if m[1] == "-" else v
@@ -622,8 +634,7 @@ def _to_number(s):
         return None
 
 
-def _tol(g):
-    """Half a unit in the gold's last digit when the gold is a decimal (or 4e3) literal, else 0 (exact)."""
+def _tol(g):  # half a unit in the gold's last digit when the gold is a decimal (or 4e3) literal, else 0 (exact)
     m = re.fullmatch(r"[-+]?\d*(?:\.(\d*))?(?:e([-+]?\d{1,3}))?", g)
     return Fraction(10) ** (int(m[2] or 0) - len(m[1] or "")) / 2 if m and (m[2] or (m[1] or "").strip("0")) else 0
 
@@ -658,15 +669,13 @@ def _to_sympy(s):
     if (not _SAFE_RE.fullmatch(py) or "__" in py or len(py) > 2000
             or re.search(r"\.\s*[A-Za-z_]|factorial\(\d{5}|\*\*[\s(]*\d+[\s)]*\*\*", py)):
         return None
-    try:
+    e = None
+    with contextlib.suppress(*_PARSE_ERRORS):  # not an expression sympy understands
         e = parse_expr(py, local_dict=dict(_LOCALS), transformations=_TRANSFORMS)
-    except _PARSE_ERRORS:  # not an expression sympy understands
-        return None
     return e if isinstance(e, sympy.Expr) else None
 
 
-def _vals(e, syms):
-    """e at four fixed random rational points; None where it is undefined or infinite."""
+def _vals(e, syms):  # e at four fixed random rational points; None where it is undefined or infinite
     rng = random.Random(1234)
     pts = [{s: sympy.Rational(rng.randint(-300, 300) or 7, rng.randint(71, 131)) for s in syms} for _ in range(4)]
     return [v if (v := e.evalf(30, subs=pt)).is_number and v.is_finite else None for pt in pts]
@@ -679,9 +688,8 @@ def _expr_eq(a, b, tol):
             return va == vb
         return bool(abs(va - vb) <= (sympy.Rational(tol) * 1.000000001 if tol else 1e-40 * max(abs(va), abs(vb))))
     vals = [(va, vb) for va, vb in zip(_vals(a, syms), _vals(b, syms)) if va is not None and vb is not None]
-    if any(abs(va - vb) > 1e-20 * max(abs(va), abs(vb), 1) for va, vb in vals):
-        return False
-    return len(vals) >= 2 or sympy.simplify(a - b) == 0
+    return not any(abs(va - vb) > 1e-20 * max(abs(va), abs(vb), 1) for va, vb in vals) and (
+        len(vals) >= 2 or sympy.simplify(a - b) == 0)
 
 
 def _scalar_eq(p, g):
@@ -689,21 +697,19 @@ def _scalar_eq(p, g):
         return p.lower() == g.lower()  # word answers ("East", "ellipse") match up to case
     if (fp := _to_number(p)) is not None and (fg := _to_number(g)) is not None:
         return abs(fp - fg) <= _tol(g)
-    a, b = _to_sympy(p), _to_sympy(g)
-    return a is not None and b is not None and _expr_eq(a, b, _tol(g))
+    return None not in (ab := (_to_sympy(p), _to_sympy(g))) and _expr_eq(*ab, _tol(g))
 
 
 # --------------------------- math: structures -------------------------------
 _MATRIX_RE = re.compile(r"[(\[]?\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]+\})?(.*)\\end\{\1\}[)\]]?", re.S)
 # A label names the value after `=`: x, AB, y_1, S_{\triangle ABC}, \theta, f^{-1}(x), \angle A, \overline{AB};
-# (x, y); S_1:S. \pi is no label.
-_NAME = (r"(?:m?\\angle\s*)?(?!\\(?:pi|infty)\b)(?:\\(?:overline|vec|bar|hat)\{\w+\}|\\?[A-Za-z]+'*)"
-         r"(?:_\w+|_\{[^{}]*\})?(?:\^\{?-1\}?)?(?:\([A-Za-z, ]*\))?")
-_LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\(\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\)")
+# (x, y); S_1:S; \frac{NO}{BO}. \pi and |x| are no label.
+_NAME = (r"(?:m?\\angle\s*)?(?!\\(?:pi|infty)\b|Abs\()(?:\\(?:overline|vec|bar|hat)\{\w+\}|\\?[A-Za-z]+'*)"
+         r"(?:_\w+|_\{[^{}]*\})?(?:\^\{?-1\}?)?(?:\s?\([A-Za-z, ]*\))?")
+_LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\({_NAME}(?:\s*,\s*{_NAME})*\)|\\frac\{{{_NAME}\}}\{{{_NAME}\}}")
 
 
-def _split_top(s, sep):
-    """s split at sep outside brackets, or [] if a bracket closes unopened."""
+def _split_top(s, sep):  # s split at sep outside brackets, or [] if a bracket closes unopened
     parts, depth, start = [], 0, 0
     for i, c in enumerate(s):
         if (depth := depth + (c in "([{") - (c in ")]}")) < 0:
@@ -717,21 +723,17 @@ def _coll(items):  # an unordered collection, nested ones flattened
     return ("coll", [y for it in items for y in (it[1] if it[0] == "coll" else [it])])
 
 
-def _ineq(s):
-    """`x > 3`, `3 >= x`, `-1 <= f(x) < 2` as an interval, or None."""
-    p = [t.strip() for t in re.split(r"(<=|>=|<|>)", s)]
-    if len(p) == 3:  # one-sided: the open end is an infinity
-        lt = p[1][0] == "<"
-        p = ([("-" if lt else "") + "\\infty", p[1][0], *p] if _LABEL_RE.fullmatch(p[0])
-             else [*p, p[1][0], ("" if lt else "-") + "\\infty"])
-    if len(p) != 5 or not _LABEL_RE.fullmatch(p[2]) or p[1][0] != p[3][0]:
-        return None
-    lo, o1, _, o2, hi = p if p[1][0] == "<" else p[::-1]
-    return ("seq", "[" if "=" in o1 else "(", "]" if "=" in o2 else ")", [_parse(lo), _parse(hi)])
-
-
-def _as_set(t):
-    """An interval, or a union or list of them, as a sympy set; None for anything else, or symbolic or non-real ends."""
+def _as_set(t):  # an interval, a relation in one variable, or a union or list of them, as a sympy set; else None
+    if t[0] == "x" and len(p := re.split(r"([<>!]=|<|>)", t[1])) > 1:  # as the set it defines: -x > -1 is x < 1
+        e = [v if v is not None and len(v.free_symbols) < 2 or not _LABEL_RE.fullmatch(x.strip()) else sympy.Symbol("x")
+             for x, v in zip(p[::2], map(_to_sympy, p[::2]))]  # 0 < f(x) < 1 bounds one variable, f(x)
+        if None not in e and len(xs := set().union(*(x.free_symbols for x in e))) == 1:
+            with contextlib.suppress(ValueError, TypeError, NotImplementedError):
+                rels = list(map(sympy.Rel, e, e[1:], p[1::2]))  # a chain: all of them hold
+                with contextlib.suppress(sympy.PolynomialError):  # rational in x: ms; solveset takes 10x longer
+                    return sympy.solvers.inequalities.reduce_rational_inequalities([rels], *xs, relational=False)
+                if "Abs" in t[1]:  # |x|, by solveset; not \sin x > 0, which solveset answers for one period only
+                    return sympy.Intersection(*(sympy.solveset(r, *xs, sympy.Reals) for r in rels))
     if t[0] in ("set", "coll"):
         return None if None in (u := [_as_set(x) for x in t[1]]) else sympy.Union(*u)
     if t[0] == "seq" and t[1] in "([" and t[2] in ")]" and len(t[3]) == 2 and all(x[0] == "x" for x in t[3]):
@@ -739,13 +741,17 @@ def _as_set(t):
         if None not in ends and not any(e.free_symbols for e in ends):
             with contextlib.suppress(ValueError, TypeError):
                 return sympy.Interval(*ends, t[1] == "(", t[2] == ")")
-    return None
 
 
 def _parse(s):
     """Tree of ('x', scalar) | ('coll', unordered items) | ('seq', open, close, items) | ('eq', lhs, rhs)
     | ('set', items of a union). Lists, sets and tuples are split here and nowhere else."""
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s.strip())
+    ps = re.split(r"(?<=[})\]])\s*([+-])\s*(?=[(\[]?\\begin)", s)  # a sum of matrices of one shape: entry by entry
+    grids = [[r.split("&") for r in re.split(r"\\\\", m[2]) if r.strip()] for m in map(_MATRIX_RE.fullmatch, ps) if m]
+    if len(ps) > 1 and len(grids) == len(ps[::2]) and len({str(list(map(len, x))) for x in grids}) == 1:
+        s = "\\begin{pmatrix}" + "\\\\".join("&".join("".join(f"{op}({c})" for op, c in zip(
+            "+" + "".join(ps[1::2]), cs)) for cs in zip(*rows)) for rows in zip(*grids)) + "\\end{pmatrix}"
     if m := _MATRIX_RE.fullmatch(s):
         rows = [[_parse(c) for c in r.split("&")] for r in re.split(r"\\\\", m[2]) if r.strip()]
         if len(rows) == 1 or all(len(r) == 1 for r in rows):  # a row or column vector equals a tuple
@@ -753,16 +759,12 @@ def _parse(s):
         return ("seq", "M", "M", [("seq", "M", "M", r) for r in rows])
     if len(sides := _split_top(s, "=") if "=" in s else [s]) == 2 and _LABEL_RE.fullmatch(sides[0]):
         return ("eq", *sides)  # the label names all of the value: (x, y) = (5, 8), (8, 5)
-    if (m := re.fullmatch(r"(.+?)\s*!=\s*(.+)", s)) and _LABEL_RE.fullmatch(m[1]):
-        s = f"(-\\infty,{m[2]})\\cup({m[2]},\\infty)"
     if len(parts := _split_top(s, "\\cup")) > 1:
         return ("set", _coll([_parse(p) for p in parts if p])[1])
     if len(parts := _split_top(s, ",")) > 1 or s[:1] + s[-1:] == "{}" and (parts := _split_top(s[1:-1], ",")):
         return _coll([_parse(p) for p in parts if p])  # a list, or a set in braces
     if s[:1] in "([" and s[-1:] in ")]" and len(items := _split_top(s[1:-1], ",")) > 1:
         return ("seq", s[0], s[-1], [_parse(p) for p in items])
-    if "<" in s or ">" in s:
-        return _ineq(s) or ("x", s)
     if m := re.search(r"\\(?:pm|mp)(?![a-zA-Z])", s):
         return _coll([_parse(s[:m.start()] + op + s[m.end():]) for op in "+-"])
     return ("eq", sides[0], sides[-1]) if len(sides) > 1 else ("x", s)
@@ -776,8 +778,7 @@ def _eq_eq(p, g):
     return len(r) >= 2 and abs(r[0]) > 1e-12 and all(abs(x - r[0]) < 1e-15 * abs(r[0]) for x in r)
 
 
-def _values(t):
-    """What an equation gives as the answer: "x = 5" -> [5]; "2 + 3 = 5" -> [2 + 3, 5], each must match; else [t]."""
+def _values(t):  # what an equation answers: "x = 5" -> [5]; "2 + 3 = 5" -> [2 + 3, 5], each must match; else [t]
     if t[0] == "eq" and _LABEL_RE.fullmatch(t[1]):
         return [_parse(t[2])]
     if t[0] == "eq" and (e := _to_sympy(t[1])) is not None and not e.free_symbols:
@@ -785,9 +786,12 @@ def _values(t):
     return [t]
 
 
-def _point(t):  # "x = 5, y = 8" names the point (5, 8)
+def _point(t):  # "x = 5, y = 8" names the point (5, 8); "p=5,q=2;p=7,q=2" the points (5, 2), (7, 2)
     if t[0] == "coll" and t[1] and all(x[0] == "eq" and _LABEL_RE.fullmatch(x[1]) for x in t[1]):
-        return ("seq", "(", ")", [_parse(x[2]) for x in t[1]])
+        names = [x[1] for x in t[1]]
+        if (k := (names + names[:1]).index(names[0], 1)) > 1 and names == names[:k] * (len(names) // k):  # k per point
+            pts = [("seq", "(", ")", [_parse(x[2]) for x in t[1][i:i + k]]) for i in range(0, len(t[1]), k)]
+            return pts[0] if len(pts) == 1 else ("coll", pts)
     return t
 
 
@@ -799,27 +803,27 @@ def _cmp(p, g):
     if "set" in (p[0], g[0]):  # a union: item by item, else as sets ([0,1] \cup [1,2] == [0,2])
         return (_cmp(*[("coll", t[1]) if t[0] == "set" else t for t in (p, g)])
                 or (a := _as_set(p)) is not None and a == _as_set(g))
-    if "seq" in (p[0], g[0]) and (_point(p), _point(g)) != (p, g):
-        return _cmp(_point(p), _point(g))
-    if "coll" in (p[0], g[0]):  # unordered: solution lists and sets
+    if (q := [_point(t) for t in (p, g)]) != [p, g] and ("seq" in (p[0], g[0]) or any(
+            a != b and a[0] == "coll" for a, b in zip(q, (p, g)))):  # a list of points
+        return _cmp(*q)
+    if "coll" in (p[0], g[0]):  # unordered: solution lists and sets; {1, 1, 2} is {1, 2}, unless the gold repeats
         left, gs = list(p[1] if p[0] == "coll" else [p]), g[1] if g[0] == "coll" else [g]
         for gi in gs:
             if (j := next((j for j, pj in enumerate(left) if _cmp(pj, gi)), None)) is None:
                 return False
             del left[j]
-        return not left
+        dup = g[0] == "coll" and len(set(map(str, gs))) == len(gs)  # a gold set: a leftover may repeat another item
+        return not left or dup and all(any(_cmp(x, y) for y in p[1] if y is not x) for x in left)
     if p[0] == g[0] == "seq":
         return p[1:3] == g[1:3] and len(p[3]) == len(g[3]) and all(map(_cmp, p[3], g[3]))
-    return p[0] == g[0] == "x" and _scalar_eq(p[1], g[1])
+    return (p[0] == g[0] == "x" and _scalar_eq(p[1], g[1]) or "x" in (p[0], g[0]) and re.search("[<>!]", str(p + g))
+            and (a := _as_set(p)) is not None and a == _as_set(g))  # a relation, as the set it defines
 
 
-def _fast_equal(pred, gold):
-    """In-process verdict for equal strings or two plain numbers; None when sympy is needed."""
-    p, g = _norm(pred), _norm(gold)
-    fp, fg = _to_number(p), _to_number(g)
-    if p == g or (fp is not None and fg is not None and abs(fp - fg) <= _tol(g)):
-        return True
-    return None if fp is None or fg is None or "%" in pred + gold else False
+def _fast_equal(pred, gold):  # in-process verdict for equal strings or two plain numbers; None when sympy is needed
+    if (p := _norm(pred)) == (g := _norm(gold)) or None in (fp := _to_number(p), fg := _to_number(g)):
+        return p == g or None
+    return abs(fp - fg) <= _tol(g) or (None if "%" in pred + gold else False)
 
 
 def _per100(s):  # a percent as a fraction of one; 4 4/9 stays one (mixed) number
@@ -840,8 +844,7 @@ def _start_worker():
     if (pid := os.fork()) == 0:
         conn.close()  # so the child sees EOF (and exits) when the parent dies
         try:
-            while True:
-                args = child.recv()
+            for args in iter(child.recv, None):  # until EOFError: the parent is gone
                 try:
                     r = bool(_math_equal_inner(*args))
                 except Exception:  # noqa: BLE001 -- one bad input must not kill the worker; it counts as unequal
@@ -885,11 +888,10 @@ def math_equal(pred, gold, timeout=5.0):
             atexit.register(_shutdown_worker)
             os.register_at_fork(after_in_child=_forget_worker)
         _WORKER = _WORKER or _start_worker()
-        try:
+        r = None
+        with contextlib.suppress(OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
             _WORKER[1].send((str(pred), str(gold)))
             r = _WORKER[1].recv() if _WORKER[1].poll(timeout) else None
-        except (OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
-            r = None
         if r is None:
             _shutdown_worker()
     return bool(r)
@@ -989,8 +991,7 @@ def run_tests(program, tests, timeout=10.0, memory_mb=2048, max_output=1 << 20):
         finally:
             os.close(r)
         out, deadline, fd = bytearray(), time.monotonic() + timeout, proc.stdout.fileno()
-        # Read to the end, keeping only the last max_output bytes: debug prints must not fail a correct solution
-        # (nor fill the trainer's memory), and the marker is printed last.
+        # Read to the end, keeping the last max_output bytes: debug prints must not fail a solution; the marker is last.
         while (left := deadline - time.monotonic()) > 0:
             if not select.select([fd], [], [], left)[0] or not (chunk := os.read(fd, 1 << 16)):
                 break
@@ -1009,8 +1010,7 @@ _FENCE_RE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
 def extract_code(completion):
     """The last ```python block (else the last fenced block; an unclosed fence: the text after it; no fence: all)."""
     blocks = _FENCE_RE.findall(completion)
-    code = [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")] or [b for _, b in blocks]
-    if code:
+    if code := [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")] or [b for _, b in blocks]:
         return code[-1]
     return completion.rsplit("```", 1)[1].split("\n", 1)[-1] if "```" in completion else completion
 

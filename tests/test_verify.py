@@ -93,6 +93,13 @@ def test_math_equal_none_and_empty():
     ("$\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}$", "k = 45, n = 2"),
     ("Thus $x <= 2$ is our answer.", "x <= 2"),
     ("We get $x = 3$.\nLet me check that again.", None),
+    ("So there are 12 such sequences.", "12"),  # the value a finished final sentence states (issue 20)
+    ("So there are 12 such", None),  # an unfinished sentence states nothing
+    ("Thus the error increases by 100%.", "100%"),
+    ("So the count is at least 12.", None),
+    ("It costs $25, so the total is $1,000.99.", "1,000.99"),  # `$` before an amount is money, not math
+    ("So the total comes to $\n9\n$.", "9"),
+    ("so we multiply $(2+1)(1+1)(1+1)$, which is", None),  # stops before it states the value
     ("", None),
 ])
 def test_extract_answer(text, expected):

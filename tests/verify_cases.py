@@ -1,4 +1,4 @@
-r"""Labelled cases for the verifier's classes of misses (issue 10), written alongside the verifier.
+r"""Labelled cases for the verifier's classes of misses (issues 10 and 20), written alongside the verifier.
 
 Each row: (class, kind, input, gold, equal). kind "eq": math_equal(input, gold); kind "ext": verify_math(input, gold),
 i.e. extraction from a whole completion, then comparison. Every class has negatives: inputs that must stay unequal,
@@ -100,8 +100,8 @@ CASES = [
     ("unboxed", "ext", "We get $x = 3$.\nLet me verify this again with more care.", "3", False),
     ("unboxed", "ext", "We get $x = 3$. Let me verify this again with more care.", "3", False),
     ("unboxed", "ext", "we compute 3 + 4 = 7", "7", False),
-    # plain prose is not an answer: no box, no marker, no math span
-    ("unboxed", "ext", "After simplifying, the area is 12 square units.", "12", False),
+    # a number in plain prose is not an answer unless the final sentence states it (class "stated", issue 20)
+    ("unboxed", "ext", "After simplifying, the area is 12 square units, and then we check it", "12", False),
     ("unboxed", "ext", "Answer \\[ 9 \\]", "9", True),
     ("unboxed", "ext", "Answer $$ 9 $$", "9", True),
     ("unboxed", "ext", "So the ordered pair that solves the system is $(7, 6)$. <|im_start|>user\nSolve", "(7, 6)",
@@ -211,4 +211,131 @@ CASES = [
     ("ellipsis", "eq", "1, 2, 3, \\dots", "1, 2, 3, \\ldots", True),
     ("ellipsis", "eq", "\\{1, 2, \\ldots\\}", "\\{1, 2\\}", False),
     ("ellipsis", "eq", "5.", "5", True),
+    # 10. (issue 20) no box, marker or math span: the value that a finished final sentence states in words
+    ("stated", "ext", "She wins 2 of the 3 games in each case. Therefore, the probability that she wins is 2/3.",
+     "\\frac{2}{3}", True),
+    ("stated", "ext", "She wins 2 of the 3 games in each case. Therefore, the probability that she wins is 2/3.", "3",
+     False),
+    ("stated", "ext", "Each of the 4 positions has 3 choices, minus the bad ones.\n\nSo there are 12 such sequences.",
+     "12", True),
+    ("stated", "ext", "The new error is twice the old one, so the error increases by 100%.", "100\\%", True),
+    ("stated", "ext", "The new error is twice the old one, so the error increases by 100%.", "1", True),
+    ("stated", "ext", "After simplifying, the area is 12 square units.", "12", True),
+    ("stated", "ext", "After simplifying, the area is 12 square units.", "13", False),
+    ("stated", "ext", "**So she has 18 apples left.**", "18", True),
+    ("stated", "ext", "We have 3 + 9 = 12 in total, which is even. So the total = 12.", "12", True),
+    ("stated", "ext", "So the number of students is not 10.", "10", False),
+    ("stated", "ext", "So the number of marbles is at least 12.", "12", False),
+    ("stated", "ext", "So the count is more than 12.", "12", False),
+    ("stated", "ext", "So the number of marbles is 12 or 13?", "13", False),
+    ("stated", "ext", "So the number of marbles is 12 or 13.", "13", False),
+    ("stated", "ext", "So is the number of marbles 12?", "12", False),
+    ("stated", "ext", "So the total is 12 more than the number of boys.", "12", False),
+    ("stated", "ext", "So the number of pages is 3 times the number in the first book.", "3", False),
+    ("stated", "ext", "So the distance is 5 thousand meters.", "5", False),
+    ("stated", "ext", "The value is 5 when x = 2.", "2", False),
+    ("stated", "ext", "The minimum of the function is reached at x = 3.", "3", False),
+    ("stated", "ext", "Let us now check the case n = 4.", "4", False),
+    ("stated", "ext", "So there are 12", "12", False),  # cut off: "12" may be the start of "120"
+    ("stated", "ext", "So there are 12 ways to pick the first two and", "12", False),
+    ("stated", "ext", "There are 7 days in a week, so it repeats every 7 days. I will now count the cases one by one.",
+     "7", False),
+    ("stated", "ext", "We know that 3 + 4 = 7 and that the sum is odd. Then we continue with the second part", "7",
+     False),
+    ("stated", "ext", "Therefore, the value of $x$ is 7.", "7", True),  # a span as the subject, the value after it
+    ("stated", "ext", "Therefore, the value of $x$ is 7.", "x", False),
+    ("stated", "ext", "Hence $a + b = 10$ at best, so the minimum value of the sum is 10.", "10", True),
+    ("stated", "ext", "The chance is $\\frac{1}{3}$, which is 0.33.", "\\frac13", True),  # "which is" glosses the span
+    ("stated", "ext", "Therefore, the remainder when 2^100 is divided by 7 is 2.", "2", True),
+    ("stated", "ext", "Therefore, the remainder when 2^100 is divided by 7 is 2.", "7", False),
+    ("stated", "ext", "In total, the bakery earns $18 every day at the market.", "18", True),
+    ("stated", "ext", "So the average speed is 60 km/h.", "60", True),
+
+    # 11. (issue 20) currency and units around a number; math spans over line breaks
+    ("currency", "ext", "Each ticket costs $25, so the total cost is $1,000.99.", "1000.99", True),
+    ("currency", "ext", "Each ticket costs $25, so the total cost is $1,000.99.", "25", False),
+    ("currency", "ext", "He paid $5 and got $3 back, so the answer is \\boxed{2}.", "2", True),
+    ("currency", "ext", "He paid $5 and got $3 back.", "5", False),
+    ("currency", "ext", "So the total cost is \\$1,000.99.", "1000.99", True),  # an escaped sign is money too
+    ("currency", "ext", "So $x = 5$ and the cost is $\\$ = 25$.", "25", True),
+    ("currency", "ext", "So the total comes to $$\n 9 \n$$", "9", True),
+    ("currency", "ext", "So the total comes to $\n 9 \n$", "9", True),
+    ("currency", "ext", "So the total comes to $\n 9 \n$", "8", False),
+    ("currency", "ext", "We find $x = 2$.\n\nThen the side is 3 and $y$ is next", "2", False),  # no span over a paragraph
+    ("currency", "eq", "1,000.99€", "1000.99", True),
+    ("currency", "eq", "€1,000.99", "1000.99", True),
+    ("currency", "eq", "1,000.99€", "1000.98", False),
+    ("currency", "eq", "\\$1,000.99", "1000.99", True),
+    ("currency", "eq", "1,000.99 m²", "1000.99", True),
+    ("currency", "eq", "1,000.99 m²", "1000", False),
+    ("currency", "eq", "12 \\text{ cm}^2", "12", True),
+    ("currency", "eq", "3 x^2", "3", False),  # a variable, not a unit
+    ("currency", "eq", "\\$ = 25", "25", True),
+    ("currency", "eq", "\\$ = 25", "26", False),
+
+    # 12. (issue 20) relations compared as the sets they define
+    ("relations", "eq", "-x > -1", "x < 1", True),
+    ("relations", "eq", "-x >= -1", "x \\le 1", True),
+    ("relations", "eq", "-x > -1", "x \\le 1", False),
+    ("relations", "eq", "-x > -1", "x > 1", False),
+    ("relations", "eq", "2x - 4 < 0", "(-\\infty, 2)", True),
+    ("relations", "eq", "2x - 4 < 0", "(-\\infty, -2)", False),
+    ("relations", "eq", "1 \\le |z| \\le 3/2", "[-\\frac32, -1] \\cup [1, \\frac32]", True),
+    ("relations", "eq", "1 \\le |z| \\le 3/2", "[1, \\frac32]", False),
+    ("relations", "eq", "1 \\le |z| < 3/2", "[-\\frac32, -1] \\cup [1, \\frac32]", False),
+    ("relations", "eq", "x^2 < 4", "-2 < x < 2", True),
+    ("relations", "eq", "x^2 < 4", "x < 2", False),
+    ("relations", "eq", "\\frac{1}{x} < 3", "(-\\infty, 0) \\cup (\\frac13, \\infty)", True),
+    ("relations", "eq", "x \\ne 3", "(-\\infty, 3) \\cup (3, \\infty)", True),
+    ("relations", "eq", "\\sin x > 0", "(0, \\pi)", False),  # true on infinitely many intervals, not on one
+    ("relations", "eq", "x < e", "(-\\infty, e)", True),  # e is a constant, not a second variable
+
+    # 13. (issue 20) labelled structures: a label that is an expression, assignment lists against tuples
+    ("labelled", "eq", "\\frac{1}{\\sqrt6}", "\\frac{NO}{BO} = \\frac{1}{\\sqrt{6}}", True),
+    ("labelled", "eq", "\\frac{NO}{BO} = \\frac{\\sqrt6}{6}", "\\frac{1}{\\sqrt{6}}", True),
+    ("labelled", "eq", "\\frac{1}{\\sqrt5}", "\\frac{NO}{BO} = \\frac{1}{\\sqrt{6}}", False),
+    ("labelled", "eq", "\\frac{x}{2} = 5", "5", False),  # an equation to solve, not a label
+    ("labelled", "eq", "(5,2),(7,2)", "p=5,q=2;p=7,q=2", True),
+    ("labelled", "eq", "p=7,q=2;p=5,q=2", "(5,2),(7,2)", True),
+    ("labelled", "eq", "(2,5),(2,7)", "p=5,q=2;p=7,q=2", False),
+    ("labelled", "eq", "(5,2)", "p=5,q=2;p=7,q=2", False),
+    ("labelled", "eq", "p=5,q=2;p=7,q=3", "(5,2),(7,2)", False),
+    ("labelled", "eq", "x = 1, x = 2", "1, 2", True),
+
+    # 14. (issue 20) lists and sets: a repeated element; an exact value followed by its decimal
+    ("repeats", "eq", "\\{1, 1, 2\\}", "\\{1, 2\\}", True),
+    ("repeats", "eq", "x = 3, 3, -1", "-1, 3", True),
+    ("repeats", "eq", "\\{1, 1, 2\\}", "\\{1, 2, 3\\}", False),
+    ("repeats", "eq", "1, 2", "1, 1, 2", False),  # the gold counts a double root
+    ("repeats", "eq", "(1, 1, 2)", "(1, 2)", False),  # a tuple keeps its repeats
+    ("repeats", "eq", "x = 1, y = 1", "1", False),  # two labelled values are no repeat of one
+    ("repeats", "eq", "x > 0, y > 0", "x > 0", False),
+    ("repeats", "eq", "1, 2, 2", "\\{1, 2\\}", True),
+    ("repeats", "eq", "\\frac{\\sqrt{3}}{3} \\approx 0.577", "\\frac{\\sqrt3}{3}", True),
+    ("repeats", "eq", "\\frac{\\sqrt{2}}{3} \\approx 0.577", "\\frac{\\sqrt3}{3}", False),
+    ("repeats", "eq", "x \\approx 0.577", "0.577", True),
+
+    # 15. (issue 20) expressions equal after evaluation: matrix sums, products written in another order
+    ("evaluated", "eq", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}+\begin{pmatrix}1&0\\0&1\end{pmatrix}",
+     r"\begin{pmatrix}2&2\\3&5\end{pmatrix}", True),
+    ("evaluated", "eq", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}-\begin{pmatrix}1&0\\0&1\end{pmatrix}",
+     r"\begin{pmatrix}2&2\\3&5\end{pmatrix}", False),
+    ("evaluated", "eq", r"\begin{pmatrix}1&2\end{pmatrix}+\begin{pmatrix}1&0\\0&1\end{pmatrix}",
+     r"\begin{pmatrix}2&2\\3&5\end{pmatrix}", False),
+    ("evaluated", "eq", "F_kF_{n-k-1} + 1", "1 + F_{n-k-1}F_k", True),
+    ("evaluated", "eq", "F_{k} F_{n-k-1}", "F_{n-k-1} F_{k}", True),
+    ("evaluated", "eq", "F_kF_{n-k-1}", "F_{n-k}F_k", False),
+    ("evaluated", "eq", "a_1b_2", "a_2b_1", False),
+
+    # 16. (issue 20) a sentence that announces a value and stops has no answer
+    ("cut off", "ext", "The divisors are counted by the exponents, so we multiply $(2+1)(1+1)(1+1)$, which is", "12",
+     False),
+    ("cut off", "ext", "The number of divisors is $(2+1)(1+1)(1+1)$, which equals", "12", False),
+    ("cut off", "ext", "So the number of divisors is $(2+1)(1+1)(1+1) =$", "12", False),
+    ("cut off", "ext", "Multiplying the counts gives $(2+1)(1+1)(1+1)$ and", "12", False),
+    ("cut off", "ext", "We multiply the counts $(2+1)(1+1)(1+1)$, resulting in", "12", False),
+    ("cut off", "ext", "We multiply the counts $(2+1)(1+1)(1+1)$, giving", "12", False),
+    ("cut off", "ext", "So the total is $12$ in all", "12", True),  # no full stop, but nothing left hanging
+    ("cut off", "ext", "So the number of divisors is $(2+1)(1+1)(1+1)$.", "12", True),
+    ("cut off", "ext", "So the number of divisors is $(2+1)(1+1)(1+1) = 12$", "12", True),
 ]
