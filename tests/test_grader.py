@@ -15,10 +15,10 @@ BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "be
 # (completion, benchmark, gold, the answer their harness compares, correct under authors, correct under rasft)
 GRADED = [
     # no box and no "answer is": the last number in the text
-    ("First 5 apples, then 7 more, so the total is 12.", "math500", "12", "12", True, False),
+    ("First 5 apples, then 7 more, so the total is 12.", "math500", "12", "12", True, True),  # a stated value
     ("We add 5 and 7 and get 12 apples; 2 are eaten, which leaves 10", "math500", "10", "10", True, False),
     ("The sum is 1,000 in all, up from 998", "amc23", "1000", "998", False, False),   # the last number, not the first
-    ("Adding 3 and 4 gives 7, and 8 - 1 = 7 as well.", "aime24", "7", "7", True, False),
+    ("Adding 3 and 4 gives 7, and 8 - 1 = 7 as well.", "aime24", "7", "7", True, True),
     ("The number is -3.5 or so", "math500", "-3.5", "-3.5", True, False),
     # "the answer is": everything after the last one, a trailing "." dropped, a/b written \frac{a}{b}
     ("Half of the pie and a quarter more, so the answer is 3/4", "math500", "\\frac{3}{4}", "\\frac{3}{4}", True, True),
@@ -119,7 +119,7 @@ def run(tmp_path, *args):
     return res, json.loads((tmp_path / "out" / "results.json").read_text())
 
 
-UNBOXED = "Adding them up, the total is {}."
+UNBOXED = "Adding them up gives {}, and that is all."  # rasft reads no answer here
 
 
 @needs_datasets
