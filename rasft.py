@@ -1,17 +1,41 @@
 """
 RASFT: Rollout-Adaptive Supervised Fine-Tuning (arXiv 2606.07006), in one file.
 
-Plain SFT imitates one expert solution per problem. RASFT first asks, per problem, how solvable it
-is for the current policy: the loss on the expert answer places it relative to a curriculum window of middling
-difficulty; problems inside the window are probed with verified on-policy rollouts. Where the policy struggles,
-expert supervision gets a larger share of the group signal; where it already succeeds, the policy's own correct
-solutions join the training queue with a weak, capped advantage. A clipped ratio to the frozen reference keeps
-the policy near where it began.
+Plain SFT imitates one expert solution per problem. RASFT first asks, per problem, how solvable it is for the
+current policy, and re-weights the expert's supervision by the answer: problems of middling difficulty are
+probed with verified on-policy rollouts; where the policy struggles the expert keeps most of the signal, where
+it already succeeds its own correct solutions join the training data with a weak, capped advantage. A clipped
+ratio to the frozen reference keeps the policy near where it began.
 
 The loss, per sequence with advantage A and response tokens y_t (sg = stop-gradient):
     rho = clip( exp( mean_t log pi_ref(y_t) - mean_t log pi(y_t) ), ratio_low, ratio_high )
     w_t = sg[ rho * A * pi(y_t | x, y_<t) ]
     L   = sum_t w_t * (-log pi(y_t)) / (response tokens in the global batch)
+
+One problem's life (x the problem, y* the expert's solution, a gold answer or unit tests to verify against):
+ 1. Calibration, before the first step: ell(x) = mean token NLL of y* under the starting policy, which is the
+    reference, so the same pass gives mean log pi_ref(y*) for rho. Quantiles of ell over all items: the thresholds.
+ 2. Routing, also before the first step, by ell(x) against the window at step 0, [q.20, q.45]:
+        ell <= q.10             easy     queued as the expert, A = 1
+        low <= ell <= high      pending  waits for the next refresh
+        high < ell <= q.90      hard     queued as the expert, A = 1, and kept in the hard pool
+        anything else           other    queued as the expert, A = 1 (as easy; so is an item with nothing to verify)
+    The window slides toward [q.50, q.75] by step / horizon (1000 steps, the authors': 3% by step 32).
+ 3. A refresh, every 32 steps and whenever the queue runs dry, while items are pending. It takes all of them:
+      - a random 35% is rolled out; the other 65% is queued as the expert, A = 1;
+      - max(1, 3%) of the hard pool is probed (ell measured anew): easier than the window, it leaves the pool and is
+        queued as the expert; at most q.90, it is rolled out too; harder, it stays (and may be probed again);
+      - n = 3 samples each; near-duplicates dropped (k = those left); malformed ones dropped (the authors' filter);
+        the rest verified: k_pos correct, up to 3 wrong ones kept for the statistics (k_neg).
+ 4. A group with signal (k_pos > 0 and rewards not all equal):
+        d = 1 - k_pos / k,  r* = 1 + 2 d,  rewards [r*, 1 per correct, 0 per kept wrong],  z = standardized rewards
+        A_i = tanh(0.4 z_i),  s = 1 / (1 + k_pos)
+        the expert:         A = A_0 s                          0.155 to 0.278 for n = 3: well below 1
+        each correct one:   A = 0.25 clip(A_i s, 0.02, 0.15)   in [0.005, 0.0375]: weak, never negative
+    No signal (no correct sample, or all correct): the expert alone, A = 1, and no rollout is trained. A hard-pool
+    item leaves the pool only once its group has signal.
+ 5. End of data: the hard pool is queued as the expert (so a hard item is trained at least twice), the queue
+    drains, and the model is saved in Hugging Face format.
 
 Commands:
     python rasft.py                                           # CPU demo: tiny model, ~1.5 minutes
@@ -19,21 +43,21 @@ Commands:
     python rasft.py --help                                    # every flag, with its default
 
 Paper symbol -> name in this file:
-    ell(x)        item loss = mean token NLL of the expert answer     measure(), item_loss
-    q_.10 ... q_.90  calibration quantiles                            calibrate(), thresholds
-    [low, high]   curriculum window at step t of T                    window_at()
-    n, k_pos      rollouts per prompt, correct ones                   rollout_n, n_correct
-    d, r*         difficulty, expert reward                           group_advantages()
-    A_i, s        soft advantage tanh(0.4 z), damping 1/(1+k_pos)     group_advantages()
-    rho           clipped inverse probability ratio                   loss_rasft()
+    ell(x)              item loss: minus the mean log-prob of y*          measure(), records' "loss"
+    q.10 ... q.90       calibration quantiles                             calibrate(), thresholds
+    [low, high]         the window at step t of the horizon              window_at(), window()
+    n, k, k_pos, k_neg  samples, distinct ones, correct, kept wrong      rollout_n, score_group(), group_advantages()
+    d, r*               difficulty, expert reward                        group_advantages()
+    A_i, s              soft advantage tanh(0.4 z), damping 1/(1+k_pos)  group_advantages()
+    rho                 clipped inverse probability ratio                loss_rasft()
 
 The defaults are the authors' run (their schedule per loss, their routing of every item at step 0, their window
-over a 1000-step horizon, their rollout filter and end token; README: "The authors' run, flag by flag"). Departures,
-on purpose: the reference term is one number per sequence, computed once, so no reference forward runs in the step;
-log-probs are computed in chunks so no [B, T, vocab] tensor is kept; the global batch and the loss normalization do
-not depend on the number of ranks or micro-batches; fp32 master weights (theirs: pure bf16); calibration on all
-items (theirs: 1,000); the verifier never falls back to "the last number in the text". --sliding gives the
-paper's description instead: a window that slides over the run, items routed just in time by the current loss.
+over a 1000-step horizon, their rollout filter and end token; README: "The authors' run, flag by flag").
+Departures, on purpose: the reference term is one number per sequence, computed once, so no reference forward runs
+in the step; log-probs are computed in chunks so no [B, T, vocab] tensor is kept; the global batch and the loss
+normalization do not depend on the number of ranks or micro-batches; fp32 master weights (theirs: pure bf16);
+calibration on all items (theirs: 1,000); the verifier never falls back to "the last number in the text".
+--sliding gives the paper's description instead: a window that slides over the run, items routed just in time.
 """
 
 import argparse
