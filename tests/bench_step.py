@@ -172,6 +172,17 @@ def timed(run, device, warmup, steps):
     return (time.perf_counter() - t) / steps, peak
 
 
+def profile(run, device, top=15):
+    """The ops that took the most time in one more step: device time on a GPU, else CPU time."""
+    from torch.profiler import ProfilerActivity
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        run()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top)
+
+
 def compiled_graphs():
     from torch._dynamo.utils import counters
     return counters["stats"]["unique_graphs"]
@@ -196,6 +207,7 @@ def main(argv=None):
                                                                "micro_batch x seq for uniform lengths)")
     p.add_argument("--rows", default="", help="rasft.py's variants to run after the authors'-style step, comma "
                                               f"separated, of {', '.join(VARIANTS)} (default: {ROWS})")
+    p.add_argument("--profile", action="store_true", help="print each rasft.py row's top ops in one more step")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
@@ -221,6 +233,9 @@ def main(argv=None):
             rows.append({"step": name, "real_tok_s": sum(lens) / dt, "padding_eff": efficiency(plan, items, computed),
                          "forwards": len(plan), "peak_gib": peak, "mfu": flops / dt / ceiling,
                          "graphs": compiled_graphs(), "row_s": time.perf_counter() - t})
+            if args.profile and name.startswith("rasft.py"):
+                rows[-1]["profile"] = profile(run, device)
+                print(f"{name}: top ops of one step\n{rows[-1]['profile']}")
         free(device)
 
     policy = build(args.shape, device, dtype)
