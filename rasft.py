@@ -144,7 +144,7 @@ class Config:
     # optim
     batch_size: int = 256              # sequences per optimizer step, all ranks together
     micro_tokens: int = 16384          # tokens per forward, per rank, padding included (sequences sorted by length)
-    packing: bool = True               # sequences packed into one row per forward, attention kept within each (false: a padded row each)
+    packing: bool = True               # sequences share rows, attention kept within each (false: a padded row per sequence)
     lr: float = 5e-5                   # peak learning rate of AdamW
     min_lr: float = 0.0                # the cosine ends here
     warmup: float = 0.1                # linear warmup from 0: a share of the horizon if < 1, else steps (rasft: 4)
@@ -1295,9 +1295,8 @@ class Scorer(torch.nn.Module):
         self.policy, self.ref, self.chunk = policy, ref, chunk
 
     def forward(self, input_ids, resp_mask, position_ids=None, which="policy", kl_dir=None):
-        """resp_mask (R, T-1) marks positions whose next token is a response token; position_ids (R, T) pack
-        several sequences in a row (collate). Returns logp (N,) of those tokens under `which`, and KL (N,) to the
-        reference if kl_dir is set."""
+        """resp_mask (R, T-1) marks positions whose next token is a response token; position_ids (R, T) pack rows
+        (collate). Returns logp (N,) of those tokens under `which`, and KL (N,) to the reference if kl_dir is set."""
         model = self.policy if which == "policy" else self.ref
         targets = input_ids[:, 1:][resp_mask]                                      # (N,)
         h = hidden(model, input_ids, position_ids)[:, :-1][resp_mask]               # (N, H)
@@ -1541,10 +1540,11 @@ def collate(samples, items, device, cap=None):
     seqs = [(items[s["item"]]["prompt"], response_of(s, items)) for s in samples]
     cols = [(torch.tensor(p + r), torch.arange(len(p) + len(r)), torch.full((len(p) + len(r),), k),
              torch.arange(len(p) + len(r)) >= len(p)) for k, (p, r) in enumerate(seqs)]  # ids, pos, seq, resp
-    w, rows, free = max(cap or 0, padded_width(max(len(c[0]) for c in cols))), [], []
-    for c in sorted(cols, key=lambda c: -len(c[0])):  # as micro_batches() placed them
-        r = next((r for r, f in enumerate(free) if cap is not None and f >= len(c[0])), len(rows))
-        rows[r:], free[r:] = rows[r:] or [[]], free[r:] or [w]
+    w, rows, free = max(cap or 0, padded_width(max(len(c[0]) for c in cols))), [], []  # free: tokens a row can take
+    for c in cols if cap is None else sorted(cols, key=lambda c: -len(c[0])):  # as micro_batches() placed them
+        r = next((r for r, f in enumerate(free) if cap is not None and f >= len(c[0])), None)
+        if r is None:
+            rows, free, r = rows + [[]], free + [w], len(rows)
         rows[r].append(c)
         free[r] -= len(c[0])
     width = padded_width(w - min(free))  # the padding: sequences of one token each (position 0)
@@ -1565,9 +1565,8 @@ def padded_width(n):
 
 
 def row_cap(cfg, device):
-    """Tokens a packed row holds at least: a whole micro-batch where the attention kernel skips the blocks across
-    sequences (flex_attention on GPUs); elsewhere as many as the longest sequence (0), so that a dense mask costs no
-    more than the padding it replaces. None: padded rows, a sequence each."""
+    """A packed row's least capacity: a micro-batch where the kernel skips the blocks across sequences (flex_attention,
+    GPUs), else the longest sequence (0), so a dense mask costs no more than padding did. None: padded rows."""
     return None if not cfg.packing else cfg.micro_tokens if device.type == "cuda" and PACKED_ATTN == "flex_attention" else 0
 
 
@@ -1583,19 +1582,20 @@ def micro_batches(samples, items, cfg, cap=0):
         r = load.index(min(load))
         shares[r].append(i)
         load[r] += seq_len(samples[i], items)
-    plans = [[] for _ in shares]
-    for plan, share in zip(plans, shares):
-        free, room = [], []  # of each micro-batch: the tokens each of its rows can still take; the most of them
+    plans = []
+    for share in shares:
+        plan, free, room = [], [], []  # micro-batches; the tokens each of their rows can still take; the most of them
         for i in share:
             n = seq_len(samples[i], items)
             k = next((k for k, f in enumerate(room) if f >= n), len(plan))
-            if k == len(plan):
+            if k == len(plan):  # a new micro-batch: rows as wide as its first (longest) sample, or cap
                 w = max(cap or 0, padded_width(n))
-                plan.append([]), free.append([w] * max(1, cfg.micro_tokens // w)), room.append(w)
+                plan, free, room = plan + [[]], free + [[w] * max(1, cfg.micro_tokens // w)], room + [w]
             r = next(r for r, f in enumerate(free[k]) if f >= n)
             free[k][r] = free[k][r] - n if cfg.packing else 0
             room[k] = max(free[k])
             plan[k].append(i)
+        plans.append(plan)
     return plans[rank()] + [[] for _ in range(max(map(len, plans)) - len(plans[rank()]))]
 
 

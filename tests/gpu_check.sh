@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run of at most ~12 minutes (the step benchmark ~9) on one H200 that has
-# torch and transformers (vLLM, datasets and pytest are used where installed). Prints every number the README reports; full logs
-# go to OUT_DIR.
+# torch and transformers (vLLM, datasets and pytest are used where installed). Prints every number the README
+# reports; full logs go to OUT_DIR.
 #
 #     bash tests/gpu_check.sh [OUT_DIR]
 #

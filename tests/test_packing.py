@@ -48,6 +48,10 @@ def test_collate_packs_and_the_masks_follow():
         predicted = b["input_ids"][:, 1:][b["resp_mask"]]
         assert [predicted[b["seq"] == k].tolist() for k in range(len(samples))] == responses
         assert len(predicted) == sum(map(len, responses))
+    b = rasft.collate(samples, items, CPU)  # padded: a row per sample in their order (bench_step masks by it)
+    assert all(b["input_ids"][k, :rasft.seq_len(s, items)].tolist() == items[s["item"]]["prompt"] + responses[k]
+               for k, s in enumerate(samples))
+    b = rasft.collate(samples, items, CPU, ONE_ROW)
     assert b["input_ids"].shape[1] == 112 and b["position_ids"].shape == b["input_ids"].shape
     starts = [i for i, p in enumerate(b["position_ids"][0].tolist()) if p == 0]
     assert starts[:5] == [0, 43, 68, 92, 104]  # longest first; each restarts at 0 where the one before ends
