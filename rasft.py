@@ -1305,14 +1305,10 @@ class Scorer(torch.nn.Module):
             with torch.no_grad():
                 h_ref = hidden(self.ref, input_ids, position_ids)[:, :-1][resp_mask]
             w_ref = self.ref.get_output_embeddings().weight
-        weight = model.get_output_embeddings().weight
-        logp, kl = [], []
-        for i in range(0, len(targets), self.chunk):
-            args = (h[i:i + self.chunk], weight, targets[i:i + self.chunk],
-                    None if h_ref is None else h_ref[i:i + self.chunk], w_ref, kl_dir)
-            lp, k = checkpoint(chunk_logp, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk_logp(*args)
-            logp.append(lp)
-            kl.append(k)
+        weight, c = model.get_output_embeddings().weight, self.chunk
+        run = (lambda *a: checkpoint(chunk_logp, *a, use_reentrant=False)) if torch.is_grad_enabled() else chunk_logp
+        logp, kl = zip(*[run(h[i:i + c], weight, targets[i:i + c], None if h_ref is None else h_ref[i:i + c], w_ref,
+                             kl_dir) for i in range(0, len(targets), c)])
         return torch.cat(logp), (torch.cat(kl) if kl_dir else None)
 
 
