@@ -170,7 +170,8 @@ class Config:
     logp_chunk: int = 1024             # response tokens per chunk of the vocabulary projection
     # optim
     batch_size: int = 256              # sequences per optimizer step, all ranks together
-    micro_tokens: int = 16384          # padded tokens per forward, per rank (sequences sorted by length)
+    micro_tokens: int = 16384          # tokens per forward, per rank, padding included (sequences sorted by length)
+    packing: bool = True               # sequences share rows, attention kept within each (false: a padded row per sequence)
     lr: float = 5e-5                   # peak learning rate of AdamW
     min_lr: float = 0.0                # the cosine ends here
     warmup: float = None               # linear warmup from 0: a share of the horizon if < 1, else steps
@@ -1376,30 +1377,33 @@ class Scorer(torch.nn.Module):
         super().__init__()
         self.policy, self.ref, self.chunk = policy, ref, chunk
 
-    def forward(self, input_ids, resp_mask, which="policy", kl_dir=None):
-        """resp_mask (B, T-1) marks positions whose next token is a response token.
-        Returns logp (N,) of those tokens under `which`, and KL (N,) to the reference if kl_dir is set."""
+    def forward(self, input_ids, resp_mask, position_ids=None, which="policy", kl_dir=None):
+        """resp_mask (R, T-1) marks positions whose next token is a response token; position_ids (R, T) pack rows
+        (collate). Returns logp (N,) of those tokens under `which`, and KL (N,) to the reference if kl_dir is set."""
         model = self.policy if which == "policy" else self.ref
         targets = input_ids[:, 1:][resp_mask]                                      # (N,)
-        h = hidden(model, input_ids)[:, :-1][resp_mask]                             # (N, H)
+        h = hidden(model, input_ids, position_ids)[:, :-1][resp_mask]               # (N, H)
         h_ref = w_ref = None
         if kl_dir:
             with torch.no_grad():
-                h_ref = hidden(self.ref, input_ids)[:, :-1][resp_mask]
+                h_ref = hidden(self.ref, input_ids, position_ids)[:, :-1][resp_mask]
             w_ref = self.ref.get_output_embeddings().weight
-        weight = model.get_output_embeddings().weight
-        logp, kl = [], []
-        for i in range(0, len(targets), self.chunk):
-            args = (h[i:i + self.chunk], weight, targets[i:i + self.chunk],
-                    None if h_ref is None else h_ref[i:i + self.chunk], w_ref, kl_dir)
-            lp, k = checkpoint(chunk_logp, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk_logp(*args)
-            logp.append(lp)
-            kl.append(k)
+        weight, c = model.get_output_embeddings().weight, self.chunk
+        run = (lambda *a: checkpoint(chunk_logp, *a, use_reentrant=False)) if torch.is_grad_enabled() else chunk_logp
+        logp, kl = zip(*[run(h[i:i + c], weight, targets[i:i + c], None if h_ref is None else h_ref[i:i + c], w_ref,
+                             kl_dir) for i in range(0, len(targets), c)])
         return torch.cat(logp), (torch.cat(kl) if kl_dir else None)
 
 
-def hidden(model, input_ids):
-    return model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+PACKED_ATTN = "flex_attention"  # packed rows on GPUs: its block mask skips the blocks across sequences; SDPA computes them
+
+
+def hidden(model, input_ids, position_ids=None):
+    """Position ids that restart at 0 with no attention mask and no cache: transformers then keeps attention within
+    each sequence (masking_utils.find_packed_sequence_indices). Set once: a compiled layer recompiles on a change."""
+    if position_ids is not None and input_ids.is_cuda and model.config._attn_implementation != PACKED_ATTN:
+        model.set_attn_implementation(PACKED_ATTN)
+    return model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
 
 def seq_mean(x, seq, n):
@@ -1656,19 +1660,27 @@ def seq_len(s, items):
     return len(items[s["item"]]["prompt"]) + len(response_of(s, items))
 
 
-def collate(samples, items, device):
-    """Right-padded batch (width a multiple of PAD); resp_mask (B, T-1) marks positions whose next token
-    belongs to the response. No attention mask: under the causal mask no real token sees the padding on its
-    right, so the forward can take the fused (flash) attention kernel."""
+def collate(samples, items, device, cap=None):
+    """Rows of input_ids, right-padded to a multiple of PAD: a sequence each (cap None), or packed: longest first,
+    each into the first row with room for it, rows of max(cap, longest sequence) tokens, with position_ids that
+    restart at 0 for each sequence, so that no token attends across a boundary (hidden()). No attention mask: no
+    real token sees the padding on its right. resp_mask (R, T-1) marks positions whose next token is a response's."""
     seqs = [(items[s["item"]]["prompt"], response_of(s, items)) for s in samples]
-    ids = torch.zeros(len(seqs), padded_width(max(len(p) + len(r) for p, r in seqs)), dtype=torch.long)
-    resp = torch.zeros_like(ids, dtype=torch.bool)
-    for k, (p, r) in enumerate(seqs):
-        ids[k, :len(p) + len(r)] = torch.tensor(p + r)
-        resp[k, len(p):len(p) + len(r)] = True
-    resp_mask = resp[:, 1:]
-    seq = torch.arange(len(seqs))[:, None].expand_as(resp_mask)[resp_mask]
-    return {"input_ids": ids.to(device), "resp_mask": resp_mask.to(device), "seq": seq.to(device),
+    cols = [(torch.tensor(p + r), torch.arange(len(p) + len(r)), torch.full((len(p) + len(r),), k),
+             torch.arange(len(p) + len(r)) >= len(p)) for k, (p, r) in enumerate(seqs)]  # ids, pos, seq, resp
+    w, rows, free = max(cap or 0, padded_width(max(len(c[0]) for c in cols))), [], []  # free: tokens a row can take
+    for c in cols if cap is None else sorted(cols, key=lambda c: -len(c[0])):  # as micro_batches() placed them
+        r = next((r for r, f in enumerate(free) if cap is not None and f >= len(c[0])), None)
+        if r is None:
+            rows, free, r = rows + [[]], free + [w], len(rows)
+        rows[r].append(c)
+        free[r] -= len(c[0])
+    width = padded_width(w - min(free))  # the padding: sequences of one token each (position 0)
+    ids, pos, sid, resp = (torch.stack([F.pad(torch.cat([c[j] for c in row]), (0, width - w + f)) for row, f in
+                                        zip(rows, free)]) for j in range(4))
+    resp_mask = resp[:, 1:] & (pos[:, 1:] > 0)  # a sequence's first token is not predicted from the one before
+    return {"input_ids": ids.to(device), "resp_mask": resp_mask.to(device), "seq": sid[:, 1:][resp_mask].to(device),
+            "position_ids": None if cap is None else pos.to(device),
             "adv": torch.tensor([s.get("adv", 1.0) for s in samples], device=device),
             "ref_logp": torch.tensor([s.get("ref_logp", 0.0) for s in samples], device=device)}
 
@@ -1680,24 +1692,38 @@ def padded_width(n):
     return -(-n // PAD) * PAD
 
 
-def micro_batches(samples, items, cfg):
-    """This rank's micro-batches, as lists of indices into samples. Samples are dealt longest first to the
-    rank with the fewest tokens so far; each rank fills micro-batches, longest first, up to micro_tokens padded
-    tokens (on a GPU a forward's fixed cost outweighs the padding of fuller micro-batches: README). Every rank
-    gets as many micro-batches as the busiest (empty ones at the end): under FSDP each forward is a collective."""
+def row_cap(cfg, device):
+    """A packed row's least capacity: a micro-batch where the kernel skips the blocks across sequences (flex_attention,
+    GPUs), else the longest sequence (0), so a dense mask costs no more than padding did. None: padded rows."""
+    return None if not cfg.packing else cfg.micro_tokens if device.type == "cuda" and PACKED_ATTN == "flex_attention" else 0
+
+
+def micro_batches(samples, items, cfg, cap=0):
+    """This rank's micro-batches, as lists of indices into samples. Samples are dealt longest first to the rank
+    with the fewest tokens so far; each rank places them, longest first, in the first micro-batch with room: rows
+    as collate() makes them, as wide as the micro-batch's first sample or cap, at most micro_tokens tokens in all
+    (on a GPU a forward's fixed cost outweighs the padding of fuller micro-batches: README). Every rank gets as
+    many micro-batches as the busiest (empty ones at the end): under FSDP each forward is a collective."""
     order = sorted(range(len(samples)), key=lambda i: -seq_len(samples[i], items))
     shares, load = [[] for _ in range(world_size())], [0] * world_size()
     for i in order:
         r = load.index(min(load))
         shares[r].append(i)
         load[r] += seq_len(samples[i], items)
-    plans = [[] for _ in shares]
-    for plan, share in zip(plans, shares):
-        for i in share:  # the first of a micro-batch is its widest
-            if plan and (len(plan[-1]) + 1) * padded_width(seq_len(samples[plan[-1][0]], items)) <= cfg.micro_tokens:
-                plan[-1].append(i)
-            else:
-                plan.append([i])
+    plans = []
+    for share in shares:
+        plan, free, room = [], [], []  # micro-batches; the tokens each of their rows can still take; the most of them
+        for i in share:
+            n = seq_len(samples[i], items)
+            k = next((k for k, f in enumerate(room) if f >= n), len(plan))
+            if k == len(plan):  # a new micro-batch: rows as wide as its first (longest) sample, or cap
+                w = max(cap or 0, padded_width(n))
+                plan, free, room = plan + [[]], free + [[w] * max(1, cfg.micro_tokens // w)], room + [w]
+            r = next(r for r, f in enumerate(free[k]) if f >= n)
+            free[k][r] = free[k][r] - n if cfg.packing else 0
+            room[k] = max(free[k])
+            plan[k].append(i)
+        plans.append(plan)
     return plans[rank()] + [[] for _ in range(max(map(len, plans)) - len(plans[rank()]))]
 
 
@@ -1709,11 +1735,11 @@ def autocast(device):
 def measure(scorer, samples, items, which, cfg, device):
     """Mean token log-prob of each sample's response under `which` (policy or ref); item loss = -this.
     Split over ranks in token-budget micro-batches, gathered everywhere in the order of samples."""
-    out = []
-    for mb in progress(micro_batches(samples, items, cfg), f"measure {which}"):
-        b = collate([samples[i] for i in mb] or samples[:1], items, device)  # an empty one: a forward for FSDP
+    out, cap = [], row_cap(cfg, device)
+    for mb in progress(micro_batches(samples, items, cfg, cap), f"measure {which}"):
+        b = collate([samples[i] for i in mb] or samples[:1], items, device, cap)  # an empty one: a forward for FSDP
         with autocast(device):
-            logp, _ = scorer(b["input_ids"], b["resp_mask"], which=which)
+            logp, _ = scorer(b["input_ids"], b["resp_mask"], b["position_ids"], which=which)
         out += zip(mb, seq_mean(logp.float(), b["seq"], len(b["adv"])).tolist())
     return [lp for _, lp in sorted(all_gather_list(out))]
 
@@ -1723,10 +1749,12 @@ def train_step(scorer, opt, batch, items, cfg, device):
     divided by the global response-token count, so the gradient is the same for any split."""
     n_tok = sum(len(response_of(s, items)) for s in batch)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, w, clip (token-weighted), tokens seen
-    for mb in micro_batches(batch, items, cfg):
-        b = collate([batch[i] for i in mb] or batch[-1:], items, device)  # an empty one runs at zero weight
+    cap = row_cap(cfg, device)
+    for mb in micro_batches(batch, items, cfg, cap):
+        b = collate([batch[i] for i in mb] or batch[-1:], items, device, cap)  # an empty one runs at zero weight
         with autocast(device):
-            logp, b["kl"] = scorer(b["input_ids"], b["resp_mask"], kl_dir=cfg.kl_dir if cfg.loss in KL_LOSSES else None)
+            kl_dir = cfg.kl_dir if cfg.loss in KL_LOSSES else None
+            logp, b["kl"] = scorer(b["input_ids"], b["resp_mask"], b["position_ids"], kl_dir=kl_dir)
             tok_loss, st = LOSSES[cfg.loss](logp.float(), b, cfg)
         # FSDP averages gradients over ranks; the world size turns that back into the global sum.
         (tok_loss.sum() * (world_size() / n_tok if mb else 0.0)).backward()

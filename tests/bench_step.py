@@ -9,8 +9,10 @@
     logits of the policy and a reference forward; the RASFT token weights, mean over each micro-batch.
 (b) rasft.train_step with rasft.py's defaults: fp32 master weights under FSDP2 with bf16 compute (one rank
     here, the code path of eight), sequences sorted by length into micro-batches of at most micro_tokens
-    padded tokens, log-probs in chunks, the reference term precomputed, each decoder layer compiled on GPUs;
-    with and without activation checkpointing.
+    computed tokens, log-probs in chunks, the reference term precomputed, each decoder layer compiled on GPUs;
+    then the variants in VARIANTS (--rows picks them): padded rows instead of packed ones, SDPA instead of
+    flex_attention for packed rows, the vocabulary projection kept for backward instead of recomputed, no FSDP2
+    on one rank, activation checkpointing.
 Each row builds its own model and frees it, so peak memory is that row's alone. Lengths: `uniform`, every
 sequence `seq` tokens (the first eighth prompt), or `real`: log-normal with median 306 and mean 455 tokens,
 the prompt + solution lengths of MATH-500 and OlympiadBench measured for DESIGN.md, clipped to [32, seq],
@@ -27,6 +29,7 @@ import os
 import random
 import sys
 import time
+from unittest import mock
 
 import torch
 
@@ -115,10 +118,43 @@ def authors_step(policy, ref, batch, items, micro_batch, opt, device):
     opt.zero_grad(set_to_none=True)
 
 
-def efficiency(plan, batch, items, width):
-    """Real tokens over computed tokens for micro-batches given as lists of samples."""
-    real = sum(rasft.seq_len(s, items) for s in batch)
-    return real / sum(len(mb) * width(mb) for mb in plan if mb)
+def efficiency(plan, items, computed):
+    """Real tokens over computed tokens, for micro-batches given as lists of samples."""
+    return sum(rasft.seq_len(s, items) for mb in plan for s in mb) / sum(computed(mb) for mb in plan if mb)
+
+
+# rasft.py's step and its variants: a Config change, or a change to what the step runs
+VARIANTS = {
+    "packed": {},                                # rasft.py's defaults: packed rows, flex_attention on GPUs
+    "padded": {"packing": False},                # a row per sequence, padded to the micro-batch's widest
+    "packed_sdpa": {"attn": "sdpa"},             # packed rows through SDPA and its dense mask (CPU: the same as packed)
+    "keep_logits": {"recompute": False},         # each chunk's vocabulary projection kept for backward, not recomputed
+    "no_fsdp": {"fsdp": False},                  # one GPU without FSDP2 and its hooks (autocast casts the fp32 weights)
+    "act_ckpt": {"act_ckpt": True},              # the memory mode: activation checkpointing of decoder layers
+}
+ROWS = {"uniform": "padded,packed,keep_logits,no_fsdp,act_ckpt", "real": "padded,packed,packed_sdpa,act_ckpt"}
+
+
+def ours(name, args, cfg, device, dtype):
+    """rasft.train_step as train() sets it up, with the variant's change: (label, cfg, step, patches)."""
+    v = VARIANTS[name]
+    cfg = dataclasses.replace(cfg, packing=v.get("packing", True))
+    policy = build(args.shape, device, torch.float32)
+    if v.get("act_ckpt"):
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    compiled = args.compile == "true" or args.compile == "auto" and device.type == "cuda"
+    scorer = rasft.Scorer(policy, rasft.frozen_copy(policy, dtype))
+    scorer = rasft.shard(scorer, device, compiled) if v.get("fsdp", True) else scorer
+    for layer in policy.model.layers if compiled and not v.get("fsdp", True) else []:
+        layer.compile()
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    patches = contextlib.ExitStack()
+    patches.enter_context(mock.patch.object(rasft, "PACKED_ATTN", v.get("attn", rasft.PACKED_ATTN)))
+    if not v.get("recompute", True):
+        patches.enter_context(mock.patch.object(rasft, "checkpoint", lambda fn, *a, use_reentrant: fn(*a)))
+    label = f"rasft.py {name}, {cfg.micro_tokens} tokens{', compiled' if compiled else ''}"
+    return label, cfg, opt, scorer, patches
 
 
 def timed(run, device, warmup, steps):
@@ -134,6 +170,17 @@ def timed(run, device, warmup, steps):
     sync(device)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
     return (time.perf_counter() - t) / steps, peak
+
+
+def profile(run, device, top=15):
+    """The ops that took the most time in one more step: device time on a GPU, else CPU time."""
+    from torch.profiler import ProfilerActivity
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        run()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top)
 
 
 def compiled_graphs():
@@ -158,6 +205,9 @@ def main(argv=None):
                                                               "(default: 8 uniform, 2 real: their setting)")
     p.add_argument("--micro_tokens", type=int, default=0, help="rasft.py's token budget (default: its own, or "
                                                                "micro_batch x seq for uniform lengths)")
+    p.add_argument("--rows", default="", help="rasft.py's variants to run after the authors'-style step, comma "
+                                              f"separated, of {', '.join(VARIANTS)} (default: {ROWS})")
+    p.add_argument("--profile", action="store_true", help="print each rasft.py row's top ops in one more step")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
@@ -174,44 +224,44 @@ def main(argv=None):
     cfg = dataclasses.replace(rasft.Config(), loss="rasft", batch_size=n, compile=args.compile, micro_tokens=micro_tokens)
     ceiling = matmul_ceiling(device, dtype, 8192 if device.type == "cuda" else 512)
     flops = model_flops(build(args.shape, "meta", dtype), lens)
-    eff_authors = efficiency(authors_micro_batches(batch, items, mb), batch, items,
-                             lambda m: max(rasft.seq_len(s, items) for s in m))
-    eff_ours = efficiency([[batch[i] for i in m] for m in rasft.micro_batches(batch, items, cfg)], batch, items,
-                          lambda m: rasft.padded_width(max(rasft.seq_len(s, items) for s in m)))
     rows = []
 
-    def row(name, eff, run):
+    def row(name, plan, computed, run):
         with contextlib.suppress(torch.OutOfMemoryError):
+            t = time.perf_counter()
             dt, peak = timed(run, device, args.warmup, args.steps)
-            rows.append({"step": name, "real_tok_s": sum(lens) / dt, "padding_eff": eff, "peak_gib": peak,
-                         "mfu": flops / dt / ceiling, "graphs": compiled_graphs()})
+            rows.append({"step": name, "real_tok_s": sum(lens) / dt, "padding_eff": efficiency(plan, items, computed),
+                         "forwards": len(plan), "peak_gib": peak, "mfu": flops / dt / ceiling,
+                         "graphs": compiled_graphs(), "row_s": time.perf_counter() - t})
+            if args.profile and name.startswith("rasft.py"):
+                rows[-1]["profile"] = profile(run, device)
+                print(f"{name}: top ops of one step\n{rows[-1]['profile']}")
         free(device)
 
     policy = build(args.shape, device, dtype)
     ref = rasft.frozen_copy(policy, dtype)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)  # states in the weights' dtype: bf16 on a GPU
-    row(f"authors'-style, micro-batch {mb}", eff_authors,
+    row(f"authors'-style, micro-batch {mb}", authors_micro_batches(batch, items, mb),
+        lambda m: len(m) * max(rasft.seq_len(s, items) for s in m),
         lambda: authors_step(policy, ref, batch, items, mb, opt, device))
     del policy, ref, opt
-    for ckpt in (False, True):
+    for name in (args.rows or ROWS[args.lengths]).split(","):
         free(device)
-        policy = build(args.shape, device, torch.float32)
-        if ckpt:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        policy.train()
-        compiled = args.compile == "true" or args.compile == "auto" and device.type == "cuda"
-        scorer = rasft.shard(rasft.Scorer(policy, rasft.frozen_copy(policy, dtype)), device, compiled)
-        opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
-        tag = f"rasft.py, {cfg.micro_tokens} tokens{', compiled' if compiled else ''}, act ckpt {'yes' if ckpt else 'no'}"
-        row(tag, eff_ours, lambda: rasft.train_step(scorer, opt, batch, items, cfg, device))
-        del policy, scorer, opt
+        label, c, opt, scorer, patches = ours(name, args, cfg, device, dtype)
+        with patches:
+            cap = rasft.row_cap(c, device)
+            plan = [[batch[i] for i in m] for m in rasft.micro_batches(batch, items, c, cap)]
+            row(label, plan, lambda m: rasft.collate(m, items, "cpu", cap)["input_ids"].numel(),
+                lambda: rasft.train_step(scorer, opt, batch, items, c, device))
+        del scorer, opt
     base = rows[0]["real_tok_s"] if rows and rows[0]["step"].startswith("authors") else float("nan")
     print(f"shape {args.shape} | {args.lengths} lengths: {n} sequences, mean {sum(lens) / n:.0f}, max {max(lens)} tokens | "
           f"{device.type} {dtype} | matmul ceiling {ceiling / 1e12:.2f} TFLOP/s")
-    print("| step | real tokens/s | padding efficiency | peak GiB | MFU | vs authors'-style |\n|---|---|---|---|---|---|")
+    print("| step | real tokens/s | padding efficiency | forwards | peak GiB | MFU | vs authors'-style | row s |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['step']} | {r['real_tok_s']:,.0f} | {r['padding_eff']:.2f} | {r['peak_gib']:.1f} | "
-              f"{100 * r['mfu']:.1f}% | {r['real_tok_s'] / base:.2f}x |")
+        print(f"| {r['step']} | {r['real_tok_s']:,.0f} | {r['padding_eff']:.2f} | {r['forwards']} | {r['peak_gib']:.1f} | "
+              f"{100 * r['mfu']:.1f}% | {r['real_tok_s'] / base:.2f}x | {r['row_s']:.0f} |")
     print(f"graphs compiled in this process: {rows[-1]['graphs'] if rows else 0} (a recompile per new width would "
           f"show as one per micro-batch shape)")
     return rows

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run of at most ~8 minutes on one H200 that has torch and transformers
-# (vLLM, datasets and pytest are used where installed). Prints every number the README reports; full logs
-# go to OUT_DIR.
+# Everything that needs a GPU, in one run of at most ~12 minutes (the step benchmark ~9) on one H200 that has
+# torch and transformers (vLLM, datasets and pytest are used where installed). Prints every number the README
+# reports; full logs go to OUT_DIR.
 #
 #     bash tests/gpu_check.sh [OUT_DIR]
 #
-# 1. the step benchmark at the 1.5B shape, uniform 2048-token and real-length sequences (tests/bench_step.py)
+# 1. the step benchmark at the 1.5B shape, uniform 2048-token and real-length sequences (tests/bench_step.py):
+#    the authors'-style step, rasft.py's packed rows (flex_attention) against padded ones, packed through SDPA,
+#    the vocabulary projection kept for backward, one GPU without FSDP2, activation checkpointing
 # 2. the demo under torchrun on one GPU: nccl, FSDP2 with bf16 compute, compiled layers, HF rollouts; the
 #    code path of an 8-GPU run (and again with vLLM rollouts where vLLM is installed: push, then generate)
 # 3. a killed run resumed on CUDA against an uninterrupted one, and two uninterrupted runs against each other
@@ -41,8 +43,11 @@ cuda=$(python -c "import torch; print(torch.version.cuda or 0)")
 [ "${cuda%%.*}" -lt 13 ] || [ "${driver%%.*}" -ge 580 ] && verdict="new enough" || verdict="too old: CUDA 13 needs >= 580"
 echo "driver $driver | torch built for CUDA $cuda | driver $verdict"
 
-run bench_uniform 140 8 python tests/bench_step.py --shape 1.5B --lengths uniform --seq 2048 --micro_batch 8
-run bench_real 140 8 python tests/bench_step.py --shape 1.5B --lengths real
+# each row builds, shards and compiles its own 1.5B model (~40 s); --profile: the top ops of each rasft.py row
+run bench_uniform 330 12 python tests/bench_step.py --shape 1.5B --lengths uniform --seq 2048 --micro_batch 8 \
+  --warmup 1 --steps 2 --rows packed,padded,keep_logits,no_fsdp,act_ckpt --profile
+run bench_real 200 9 python tests/bench_step.py --shape 1.5B --lengths real --warmup 1 --steps 2 \
+  --rows packed,padded,packed_sdpa
 run demo 160 6 torchrun --standalone --nproc_per_node 1 rasft.py --rollout_backend hf --out "$runs/demo"
 grep -E "^(rollout backend|calibration|trained)" "$out/demo.log"
 grep -E "^step " "$out/demo.log" | tail -n 2
