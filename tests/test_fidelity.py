@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import random
+import types
 from collections import Counter
 
 import pytest
@@ -259,7 +260,8 @@ def test_refresh_queues_in_the_authors_order_and_keeps_every_epochs_occurrence(m
              "queue": [], "ref_logp": [], "records": {i: {} for i in (*pending, 20, 21, 22)}}
     items = [{"prompt": [1], "response": [2], "target": {"answer": "12"}}] * 23
     scorer = type("S", (), {"policy": torch.nn.Linear(1, 1)})()
-    rasft.refresh(state, scorer, engine, items, None, cfg, None)
+    rasft.refresh(types.SimpleNamespace(state=state, scorer=scorer, engine=engine, items=items, tok=None, cfg=cfg,
+                                        device=None))
     q = [(s["item"], s["response"] is None) for s in state["queue"]]
     n_rest = len(pending) - 4  # half of the 8 occurrences are picked
     rest, leaver, groups = q[:n_rest], q[n_rest], q[n_rest + 1:]
