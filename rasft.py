@@ -120,7 +120,7 @@ class Config:
     tests_field: str = ""              # field with unit tests (code items)
     entry_field: str = ""              # field with the function name (code items)
     max_items: int = 0                 # use the first N items (0 = all)
-    max_len: int = 2048                # tokens, prompt + response; longer responses are cut (their end token kept)
+    max_len: int = 2048                # tokens, prompt + response; longer responses are cut (see keep_end)
     min_response: int = 18             # tokens (end token included); items whose prompt leaves fewer are dropped
     keep_end: bool = None              # a response cut to max_len keeps its end token (None: the loss's own, below)
     system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}."  # math items ('' = none)
@@ -235,8 +235,13 @@ def window(state, cfg):
 
 
 def route(loss, low, high, thresholds):
-    return ("easy" if loss <= thresholds["easy_floor"] else "pending" if low <= loss <= high
-            else "hard" if high < loss <= thresholds["hard_ceiling"] else "other")
+    if loss <= thresholds["easy_floor"]:
+        return "easy"  # the policy already fits the expert well: trained as it is
+    if low <= loss <= high:
+        return "pending"  # in the window: worth asking the policy itself, with rollouts
+    if high < loss <= thresholds["hard_ceiling"]:
+        return "hard"  # harder than the window: trained as it is, and probed again at refreshes
+    return "other"  # between easy and the window, or too far off to probe: trained as it is
 
 
 def group_advantages(k, k_pos, k_neg, cfg):
@@ -347,16 +352,19 @@ def score_group(texts, correct, target, cfg):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 3. Loss: per-token losses of one micro-batch; the step sums them and divides by the global token count.
-
+# 3. Loss. Each loss maps the log-probs of a micro-batch's response tokens, logp (N,), to per-token losses (N,); the
+#    step sums them and divides by the global batch's response-token count. b holds the micro-batch: seq (N,) the
+#    sequence of each token, adv (B,) and ref_logp (B,) per sequence, kl (N,) to the reference (KL losses only).
 
 
 def loss_rasft(logp, b, cfg):
     seq = b["seq"]
+    # rho per sequence from mean log-probs, no gradient through it: below 1 where the policy already made the
+    # sequence likelier than the reference did, and clipped, so that drift is damped, never rewarded
     raw = (b["ref_logp"] - seq_mean(logp.detach(), seq, len(b["adv"]))).exp()     # (B,)
     ratio = raw.clamp(cfg.ratio_low, cfg.ratio_high) if cfg.ratio_clip else torch.ones_like(raw)
-    w = ratio[seq] * b["adv"][seq]                                                  # (N,)
-    if cfg.token_weight:
+    w = ratio[seq] * b["adv"][seq]                                                  # (N,) each token its sequence's
+    if cfg.token_weight:  # DFT's sg[pi(y_t)]: a token the policy finds unlikely weighs less
         w = w * logp.detach().exp()
     clipped = ((raw < cfg.ratio_low) | (raw > cfg.ratio_high)).float().mean()
     return -w * logp, {"w": w.mean(), "clip": clipped}
@@ -365,7 +373,6 @@ def loss_rasft(logp, b, cfg):
 def seq_mean(x, seq, n):
     """Mean of token values x (N,) per sequence, seq (N,) the sequence index of each token."""
     return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, seq, x) / torch.bincount(seq, minlength=n).clamp(min=1)
-
 
 
 def loss_sft(logp, b, cfg):
@@ -393,9 +400,7 @@ def loss_profit(logp, b, cfg):
 
 LOSSES = {"rasft": loss_rasft, "sft": loss_sft, "dft": loss_dft, "sft_kl": loss_sft_kl, "asft": loss_asft,
           "profit": loss_profit}
-
-
-KL_LOSSES = ("sft_kl", "asft")
+KL_LOSSES = ("sft_kl", "asft")  # the losses that need the reference's full distribution: a reference forward
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -426,9 +431,8 @@ def set_up(cfg):
     if cfg.model == "tiny" and cfg.demo_warmup:  # once the checks above passed: --out, the model, the data
         policy = load_policy(cfg := warm_up(cfg), tok)
     adaptive = cfg.adaptive and cfg.loss == "rasft"  # the baselines route nothing and roll nothing out
-    ref = None
-    if adaptive or cfg.loss in KL_LOSSES:
-        ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    need_ref = adaptive or cfg.loss in KL_LOSSES
+    ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32) if need_ref else None
     if cfg.act_ckpt:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
@@ -444,9 +448,7 @@ def set_up(cfg):
         run.acc0 = evaluate(engine, scorer, heldout, tok, cfg)[0] if heldout else None
         run.state = start_state(run)
     run.first, run.log = run.state["step"], open_metrics(cfg, run.state)
-    run.wandb = None
-    if cfg.wandb and rank0():
-        run.wandb = __import__("wandb").init(project=cfg.wandb, config=dataclasses.asdict(cfg))
+    run.wandb = cfg.wandb and rank0() and __import__("wandb").init(project=cfg.wandb, config=dataclasses.asdict(cfg))
     return run
 
 
@@ -821,6 +823,8 @@ def measure(scorer, samples, items, which, cfg, device):
     return [lp for _, lp in sorted(all_gather_list(out))]
 
 
+# Token log-probs are computed in chunks of response tokens, each chunk's vocabulary projection recomputed in
+# backward, so no [tokens, vocab] tensor outlives its chunk.
 def chunk_logp(h, weight, targets, h_ref=None, w_ref=None, kl_dir="ref_theta"):
     """log pi(target) for each row of h (n, H); and the full-vocabulary KL to the reference if given."""
     logits = F.linear(h, weight).float()                                           # (n, V)
