@@ -540,6 +540,14 @@ def finish(run):
 
 
 def new_state(items, cfg):
+    """The run state: the same on every rank, and all that a checkpoint restores.
+    step, total      optimizer steps taken, and planned (the plan grows as rollouts join the queue)
+    order, cursor    item indices in training order (epochs one after the other), and how many are routed
+    queue            entries to train, first in first out (see expert())
+    pending, hard    items in the window waiting for a refresh; the hard pool, item -> times probed
+    ref_logp         per item, the mean log-prob of its expert response at step 0 (rho's reference term)
+    thresholds       the calibration quantiles; records: per item, its line of solvability.jsonl
+    last             the last refresh's record (its pass rate is printed at every step)"""
     order = []
     for epoch in range(cfg.epochs):
         perm = list(range(len(items)))
@@ -551,7 +559,8 @@ def new_state(items, cfg):
 
 
 def expert(i, adv, state):
-    """A queue entry training item i's expert response (response None = the item's own)."""
+    """A queue entry: item i, response (token ids; None: the item's own expert response), adv (A), ref_logp
+    (the response's mean log-prob under the reference: rho's reference term)."""
     return {"item": i, "response": None, "adv": adv, "ref_logp": state["ref_logp"][i] if state["ref_logp"] else 0.0}
 
 

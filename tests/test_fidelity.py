@@ -272,3 +272,34 @@ def test_refresh_queues_in_the_authors_order_and_keeps_every_epochs_occurrence(m
     for k, (i, is_expert) in enumerate(groups):  # each expert is followed by its one correct rollout
         assert is_expert == (k % 2 == 0) and groups[k - k % 2][0] == i
     assert state["hard"] == {22: 1} and state["pending"] == []
+
+
+def test_a_filter_that_drops_most_rollouts_says_so_once_and_names_minimal(monkeypatch, capsys):
+    """Short-answer data under the authors' filter: every rollout is under 80 characters, so none is ever kept."""
+    monkeypatch.setattr(rasft, "measure", lambda scorer, samples, *a: [-1.0] * len(samples))
+    monkeypatch.setattr(rasft, "rollout", lambda engine, chosen, *a: [
+        [([1], "3 + 4 = 7, \\boxed{7}", True), ([2], "so \\boxed{7}", True)] for _ in chosen])
+    items = [{"prompt": [1], "response": [2], "target": {"answer": "7"}}] * 4
+    th = {"easy_floor": 1.0, "start_low": 2.0, "start_high": 3.0, "end_low": 4.0, "end_high": 6.0, "hard_ceiling": 8.0}
+    state = {"step": 8, "total": 20, "thresholds": th, "hard": {}, "queue": [], "ref_logp": [],
+             "records": {i: {} for i in range(4)}}
+    engine = type("E", (), {"load_weights": lambda self, w: list(w)})()
+    run = types.SimpleNamespace(state=state, scorer=type("S", (), {"policy": torch.nn.Linear(1, 1)})(), engine=engine,
+                                items=items, tok=None, cfg=cfg_of("--rollout_frac", "1.0"), device=None)
+    for step in (8, 16):
+        state.update(step=step, pending=[0, 1, 2, 3])
+        assert rasft.refresh(run)["malformed"] == 1.0
+    out = capsys.readouterr().out
+    assert out.count("warning: --rollout_filter authors dropped 8 of 8 rollouts") == 1
+    assert "--rollout_filter minimal" in out
+    run.cfg = cfg_of("--rollout_frac", "1.0", "--rollout_filter", "minimal")
+    state.update(step=24, pending=[0, 1], warned=False)
+    assert rasft.refresh(run)["malformed"] == 0.0 and "warning" not in capsys.readouterr().out
+
+
+def test_help_shows_each_losss_own_defaults(capsys):
+    with pytest.raises(SystemExit):
+        rasft.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: rasft: 4; baselines: 0.1)" in out and "(default: rasft: 1000; baselines: 0)" in out
+    assert "(default: rasft: False; baselines: True)" in out  # --shuffle
