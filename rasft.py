@@ -1083,8 +1083,7 @@ def frozen_copy(model, dtype):
 
 
 def shard(scorer, device, compile_layers=False):
-    """FSDP2 on every GPU run and every multi-rank run: each decoder layer (compiled first, if asked), then the
-    root; bf16 compute and fp32 gradient reduction on GPUs; rank 0's weights are broadcast into the shards."""
+    """FSDP2 on every GPU run and every multi-rank run; rank 0's weights are broadcast into the shards."""
     layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
     for layer in layers if compile_layers else []:
         layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
@@ -1215,8 +1214,7 @@ def release_out():  # main()'s last act: remove this process's lock files, and a
 
 
 def open_metrics(cfg, state):
-    """metrics.jsonl of this run: a fresh run starts it anew; a resumed one keeps the records of the steps
-    its checkpoint holds and drops those after (they run again)."""
+    """metrics.jsonl anew; a resumed run keeps the records of the steps its checkpoint holds (later ones run again)."""
     if not rank0():
         return None
     path, kept = os.path.join(cfg.out, "metrics.jsonl"), []
@@ -1230,8 +1228,7 @@ def open_metrics(cfg, state):
 
 def emit(log, run, record):
     if log:
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+        print(json.dumps(record), file=log, flush=True)
     if run:
         run.log(record)
 
@@ -1245,9 +1242,6 @@ class UsageError(ValueError):
     """A mistake a user can fix (a flag, a file, a path); main() prints it as one line and exits with 2."""
 
 
-QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
-
-
 # Defaults of the CPU demo's tiny model, and of its task (--data demo), where the flag is not given. The task's
 # solutions are one-line sums, which the authors' rollout filter (80 characters at least) would drop every one
 # of; and on a byte-level tokenizer the system prompt is most of each sequence, with nothing to learn from it.
@@ -1257,7 +1251,6 @@ DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field
 
 
 def parse_args(argv=None):
-    """argparse from the Config fields: every flag, its type, default and help come from there."""
     p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1],
                                 allow_abbrev=False)  # a shortened flag could later come to mean another one
     group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
@@ -1267,12 +1260,11 @@ def parse_args(argv=None):
         elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
             kind, demo = types[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
             default = m[2] if m[2] != "None" else "; ".join(f"{k}: {d[m[1]]}" for k, d in LOSS_DEFAULTS.items())
-            group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__,
-                               help=f"{m[3]} (default: {default}{'' if demo is None else f'; demo: {demo!r}'})"
-                               .replace("%", "%%"))
+            doc = f"{m[3]} (default: {default}{'' if demo is None else f'; demo: {demo!r}'})".replace("%", "%%")
+            group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__, help=doc)
     given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
     cfg = Config(**given)
-    if QWEN_SHORT.match(cfg.model) and not os.path.exists(cfg.model):
+    if re.match(r"^Qwen[\d.]+-[\w.-]+$", cfg.model) and not os.path.exists(cfg.model):  # short for Qwen/...
         cfg.model = "Qwen/" + cfg.model
     cfg.data = cfg.data or ("demo" if cfg.model == "tiny" else "numina_cot_10k")
     for defaults in (DEMO if cfg.model == "tiny" else {}, DEMO_TASK if cfg.data in ("demo", "demo_shift") else {},
@@ -1283,7 +1275,6 @@ def parse_args(argv=None):
 
 
 def check(cfg):
-    """Every flag in its range, in one place: the first that is not ends the run with one line."""
     ints = "batch_size micro_tokens max_len min_response max_new_tokens rollout_n refresh_every route_chunk epochs " \
            "logp_chunk keep_ckpts"
     shares = "rollout_frac probe_frac top_p dup_jaccard neg_jaccard neg_target pos_min pos_max vllm_gpu_memory"
@@ -1319,16 +1310,14 @@ def _str2bool(s):
 
 
 def setup_dist():
-    """This rank's device. Every GPU run, one GPU included, joins an nccl group, so one GPU runs the same
-    FSDP2 code as eight; torchrun sets the env, a plain `python rasft.py` is rank 0 of 1. A plain run on a
-    CPU stays a single process (torchrun on CPUs: gloo)."""
+    """This rank's device. Every GPU run, one GPU included, joins an nccl group (`python rasft.py` as rank 0 of 1), so
+    one GPU runs the same FSDP2 code as eight; a plain run on a CPU stays one process (torchrun on CPUs: gloo)."""
     cuda = torch.cuda.is_available()
     if dist.is_initialized() or not (cuda or "RANK" in os.environ):
         return torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda and local >= torch.cuda.device_count():
-        raise UsageError(f"local rank {local} but only {torch.cuda.device_count()} visible GPU(s): "
-                        f"set --nproc_per_node to at most {torch.cuda.device_count()}")
+    local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if cuda and local >= gpus:
+        raise UsageError(f"local rank {local} but only {gpus} visible GPU(s): set --nproc_per_node to at most {gpus}")
     for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
         os.environ.setdefault(k, v)
     import socket
@@ -1404,14 +1393,14 @@ def progress(iterable, desc, total=None):
 def make_engine(scorer, tok, cfg, device):
     """The rollout engine, created once, after sharding (vLLM sizes its KV cache from the memory left); the
     current weights are pushed into it before each generate, so it starts with none of its own."""
-    backend = pick_backend(cfg.rollout_backend)
+    backend, stop = pick_backend(cfg.rollout_backend), stop_token_ids(tok, scorer.policy.generation_config)
     print0(f"rollout backend: {backend}")
     config, dtype = scorer.policy.config, torch.bfloat16 if device.type == "cuda" else torch.float32
     if backend == "hf":
         from transformers import AutoModelForCausalLM
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-        return HFEngine(model, tok, stop_token_ids(tok, scorer.policy.generation_config))
+        return HFEngine(model, tok, stop)
     path, memory = cfg.model, cfg.vllm_gpu_memory
     if cfg.model == "tiny":  # built in code: vLLM reads the architecture from disk
         path = os.path.join(cfg.out, "rollout_init")
@@ -1422,9 +1411,8 @@ def make_engine(scorer, tok, cfg, device):
         free = torch.tensor(torch.cuda.mem_get_info()[0], device=device)
         dist.all_reduce(free, op=dist.ReduceOp.MIN)  # one share for all: vLLM sizes every KV cache like the least
         memory = vllm_memory(free.item(), torch.cuda.mem_get_info()[1], adam)
-    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok, scorer.policy.generation_config), cfg.max_len,
-                                      memory or 0.9, cfg.seed + rank(), sleeps=True, dummy=True,
-                                      free=getattr(scorer, "reshard", None))
+    return VLLMEngine.from_pretrained(path, tok, stop, cfg.max_len, memory or 0.9, cfg.seed + rank(), sleeps=True,
+                                      dummy=True, free=getattr(scorer, "reshard", None))
 
 
 def vllm_memory(free, total, adam):
@@ -1436,8 +1424,8 @@ def vllm_memory(free, total, adam):
 
 
 def evaluate(engine, scorer, rows, tok, cfg):
-    """Greedy held-out accuracy of the current policy, verified, overall and per group of rows (where they have
-    one), and the completions. Rank 0 generates; every rank gets the result."""
+    """Greedy held-out accuracy, overall and per group of rows (where they have one), and the completions. Rank 0
+    generates; every rank gets the result."""
     engine.load_weights(full_params(scorer.policy))
     gens = engine.generate([r["prompt"] for r in rows] if rank0() else [], n=1, max_tokens=cfg.max_new_tokens)
     out = [None]
@@ -1466,8 +1454,7 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0,
-                 seed=0, batch=256):
-        """batch: sequences per `generate` call (prompts x n)."""
+                 seed=0, batch=256):  # batch: sequences per `generate` call (prompts x n)
         torch.manual_seed(seed)
         dev, pad = self.model.device, self.tok.pad_token_id
         caps = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
@@ -1478,10 +1465,9 @@ class HFEngine:
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in part], device=dev)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=dev)
             gen = self.model.generate(  # to the largest budget; a sampled token never depends on the budget
-                input_ids=ids, attention_mask=mask, max_new_tokens=max(cap), do_sample=sample,
+                input_ids=ids, attention_mask=mask, max_new_tokens=max(cap), do_sample=sample, num_return_sequences=n,
                 temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=0 if sample else None,
-                repetition_penalty=repetition_penalty, num_return_sequences=n, eos_token_id=self.stop_ids,
-                pad_token_id=pad)[:, width:].tolist()
+                repetition_penalty=repetition_penalty, eos_token_id=self.stop_ids, pad_token_id=pad)[:, width:].tolist()
             out += [[cut_at_stop(g[:c], self.stop_ids) for g in gen[j * n:(j + 1) * n]] for j, c in enumerate(cap)]
         return out
 
