@@ -1275,11 +1275,10 @@ def parse_args(argv=None):
 
 
 def check(cfg):
-    ints = "batch_size micro_tokens max_len min_response max_new_tokens rollout_n refresh_every route_chunk epochs " \
-           "logp_chunk keep_ckpts"
-    shares = "rollout_frac probe_frac top_p dup_jaccard neg_jaccard neg_target pos_min pos_max vllm_gpu_memory"
-    rules = [(f, getattr(cfg, f) >= 1, "at least 1") for f in ints.split()]
-    rules += [(f, 0 <= getattr(cfg, f) <= 1, "between 0 and 1") for f in shares.split() + list(QUANTILES.values())]
+    rules = [(f, getattr(cfg, f) >= 1, "at least 1") for f in "batch_size micro_tokens max_len min_response "
+             "max_new_tokens rollout_n refresh_every route_chunk epochs logp_chunk keep_ckpts".split()]
+    rules += [(f, 0 <= getattr(cfg, f) <= 1, "between 0 and 1") for f in "rollout_frac probe_frac top_p dup_jaccard "
+              "neg_jaccard neg_target pos_min pos_max vllm_gpu_memory".split() + list(QUANTILES.values())]
     rules += [(f, per_loss(cfg, f) >= 0, "0 or more") for f in "max_steps save_every warmup horizon max_items "
               "eval_items demo_warmup max_neg temperature weight_decay min_lr kl_coef profit_p".split()]
     rules += [("lr", cfg.lr > 0, "above 0"), ("grad_clip", cfg.grad_clip > 0, "above 0"),
@@ -1350,8 +1349,7 @@ def rank():
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def all_gather_list(local):
-    """Concatenate each rank's python list, in rank order."""
+def all_gather_list(local):  # each rank's python list, concatenated in rank order
     if not dist.is_initialized():
         return list(local)
     out = [None] * world_size()
@@ -1359,14 +1357,12 @@ def all_gather_list(local):
     return [x for part in out for x in part]
 
 
-def shard_of(seq):
-    """This rank's contiguous share of seq (shares in rank order concatenate back to seq)."""
+def shard_of(seq):  # this rank's contiguous share of seq (shares in rank order concatenate back to seq)
     k = math.ceil(len(seq) / world_size())
     return seq[rank() * k:(rank() + 1) * k]
 
 
-def quiet():
-    """Progress bars only on a terminal, and no warnings about other libraries' internals."""
+def quiet():  # progress bars only on a terminal, and no warnings about other libraries' internals
     import warnings
     warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")  # torch deprecations inside vLLM
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its start-up chatter would bury our lines (set it to see)
@@ -1424,8 +1420,7 @@ def vllm_memory(free, total, adam):
 
 
 def evaluate(engine, scorer, rows, tok, cfg):
-    """Greedy held-out accuracy, overall and per group of rows (where they have one), and the completions. Rank 0
-    generates; every rank gets the result."""
+    """Greedy held-out accuracy (overall, per group of rows) and completions: rank 0 generates, every rank gets them."""
     engine.load_weights(full_params(scorer.policy))
     gens = engine.generate([r["prompt"] for r in rows] if rank0() else [], n=1, max_tokens=cfg.max_new_tokens)
     out = [None]
@@ -1472,8 +1467,7 @@ class HFEngine:
         return out
 
 
-def cut_at_stop(ids, stop_ids):
-    """Tokens up to and including the first stop token (or all, if the length limit came first)."""
+def cut_at_stop(ids, stop_ids):  # the tokens up to and including the first stop token (all, if the limit came first)
     return next((ids[:k + 1] for k, t in enumerate(ids) if t in stop_ids), ids)
 
 
