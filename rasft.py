@@ -1059,15 +1059,14 @@ def load_tokenizer(cfg):
 def load_policy(cfg, tok):
     """fp32 master weights on CPU, on rank 0 only: the other ranks build the model on the meta device and
     receive their shards from rank 0 in shard(), so a node holds one copy in host memory, not one per rank."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM as AutoLM
     torch.manual_seed(cfg.seed)
     with torch.device("meta") if rank() > 0 else contextlib.nullcontext():
         if cfg.model == "tiny":
             return tiny_model(tok)
         config = from_hub(AutoConfig.from_pretrained, cfg.model, "model")
         kw = dict(dtype=torch.float32, attn_implementation="sdpa")
-        model = (AutoModelForCausalLM.from_config(config, **kw) if rank() > 0
-                 else AutoModelForCausalLM.from_pretrained(cfg.model, **kw))
+        model = AutoLM.from_config(config, **kw) if rank() > 0 else AutoLM.from_pretrained(cfg.model, **kw)
     model.save_dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))  # saved as it came
     return model
 
@@ -1242,9 +1241,8 @@ class UsageError(ValueError):
     """A mistake a user can fix (a flag, a file, a path); main() prints it as one line and exits with 2."""
 
 
-# Defaults of the CPU demo's tiny model, and of its task (--data demo), where the flag is not given. The task's
-# solutions are one-line sums, which the authors' rollout filter (80 characters at least) would drop every one
-# of; and on a byte-level tokenizer the system prompt is most of each sequence, with nothing to learn from it.
+# Defaults of the tiny model and of its task (--data demo) where a flag is not given: the authors' rollout filter (80
+# characters at least) would drop every one-line sum; on bytes, a system prompt is most of a sequence, teaching nothing.
 DEMO = dict(epochs=4, repetition_penalty=1.0, batch_size=64, lr=2e-4, act_ckpt=False, refresh_every=8, route_chunk=64)
 DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field="answer", max_len=256,
                  min_response=8, max_new_tokens=64, rollout_filter="minimal", system_prompt="", eval_items=200)
@@ -1368,11 +1366,9 @@ def quiet():  # progress bars only on a terminal, and no warnings about other li
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its start-up chatter would bury our lines (set it to see)
     logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])  # also what it logs before configuring
     if not sys.stderr.isatty():
-        import transformers
-        transformers.utils.logging.disable_progress_bar()
+        __import__("transformers").utils.logging.disable_progress_bar()
         with contextlib.suppress(ImportError):
-            import datasets
-            datasets.disable_progress_bars()
+            __import__("datasets").disable_progress_bars()
 
 
 def progress(iterable, desc, total=None):
@@ -1443,9 +1439,8 @@ class HFEngine:
 
     @torch.no_grad()
     def load_weights(self, named_tensors):
-        params = dict(self.model.named_parameters())
         for name, t in named_tensors:
-            params[name].copy_(t)
+            self.model.get_parameter(name).copy_(t)
 
     @torch.no_grad()
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0,
@@ -1574,9 +1569,8 @@ class VLLMEngine:
                              temperature=temperature, top_p=top_p if sample else 1.0, max_tokens=m,
                              repetition_penalty=repetition_penalty, stop_token_ids=self.stop_ids, detokenize=False)
               for m in (max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts))]
-        reqs = [{"prompt_token_ids": list(p)} for p in prompts]  # token ids: exactly the prompts training sees
         outs = []
-        if reqs:
+        if prompts:  # as token ids: exactly the prompts training sees
             self._wake()
             # CPU: one thread, as vLLM serves (idle OMP workers spin: 20x slower with 2 on a busy 2-core machine).
             # Seeds: vLLM's CUDA sampler seeds each request from NumPy's global RNG, its CPU sampler draws from
@@ -1584,7 +1578,7 @@ class VLLMEngine:
             with _training_state_kept(None if torch.cuda.is_available() else 1):
                 torch.manual_seed(seed)
                 __import__("numpy").random.seed(seed % 2 ** 32)
-                outs = self.llm.generate(reqs, sp, use_tqdm=False)
+                outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], sp, use_tqdm=False)
         self._sleep()
         return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n) for o in outs]
 
