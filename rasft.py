@@ -1383,8 +1383,7 @@ def progress(iterable, desc, total=None):
 
 
 def make_engine(scorer, tok, cfg, device):
-    """The rollout engine, created once, after sharding (vLLM sizes its KV cache from the memory left); the
-    current weights are pushed into it before each generate, so it starts with none of its own."""
+    """Made once, after sharding (vLLM sizes its KV cache by what is left); weights are pushed before each generate."""
     backend, stop = pick_backend(cfg.rollout_backend), stop_token_ids(tok, scorer.policy.generation_config)
     print0(f"rollout backend: {backend}")
     config, dtype = scorer.policy.config, torch.bfloat16 if device.type == "cuda" else torch.float32
