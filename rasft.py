@@ -1072,15 +1072,14 @@ def load_tokenizer(cfg):
 def load_policy(cfg, tok):
     """fp32 master weights on CPU, on rank 0 only: the other ranks build the model on the meta device and
     receive their shards from rank 0 in shard(), so a node holds one copy in host memory, not one per rank."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM as AutoLM
     torch.manual_seed(cfg.seed)
     with torch.device("meta") if rank() > 0 else contextlib.nullcontext():
         if cfg.model == "tiny":
             return tiny_model(tok)
         config = from_hub(AutoConfig.from_pretrained, cfg.model, "model")
         kw = dict(dtype=torch.float32, attn_implementation="sdpa")
-        model = (AutoModelForCausalLM.from_config(config, **kw) if rank() > 0
-                 else AutoModelForCausalLM.from_pretrained(cfg.model, **kw))
+        model = AutoLM.from_config(config, **kw) if rank() > 0 else AutoLM.from_pretrained(cfg.model, **kw)
     model.save_dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))  # saved as it came
     return model
 
@@ -1096,8 +1095,7 @@ def frozen_copy(model, dtype):
 
 
 def shard(scorer, device, compile_layers=False):
-    """FSDP2 on every GPU run and every multi-rank run: each decoder layer (compiled first, if asked), then the
-    root; bf16 compute and fp32 gradient reduction on GPUs; rank 0's weights are broadcast into the shards."""
+    """FSDP2 on every GPU run and every multi-rank run; rank 0's weights are broadcast into the shards."""
     layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
     for layer in layers if compile_layers else []:
         layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
@@ -1228,8 +1226,7 @@ def release_out():  # main()'s last act: remove this process's lock files, and a
 
 
 def open_metrics(cfg, state):
-    """metrics.jsonl of this run: a fresh run starts it anew; a resumed one keeps the records of the steps
-    its checkpoint holds and drops those after (they run again)."""
+    """metrics.jsonl anew; a resumed run keeps the records of the steps its checkpoint holds (later ones run again)."""
     if not rank0():
         return None
     path, kept = os.path.join(cfg.out, "metrics.jsonl"), []
@@ -1243,8 +1240,7 @@ def open_metrics(cfg, state):
 
 def emit(log, run, record):
     if log:
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+        print(json.dumps(record), file=log, flush=True)
     if run:
         run.log(record)
 
@@ -1258,19 +1254,14 @@ class UsageError(ValueError):
     """A mistake a user can fix (a flag, a file, a path); main() prints it as one line and exits with 2."""
 
 
-QWEN_SHORT = re.compile(r"^Qwen[\d.]+-[\w.-]+$")
-
-
-# Defaults of the CPU demo's tiny model, and of its task (--data demo), where the flag is not given. The task's
-# solutions are one-line sums, which the authors' rollout filter (80 characters at least) would drop every one
-# of; and on a byte-level tokenizer the system prompt is most of each sequence, with nothing to learn from it.
+# Defaults of the tiny model and of its task (--data demo) where a flag is not given: the authors' rollout filter (80
+# characters at least) would drop every one-line sum; on bytes, a system prompt is most of a sequence, teaching nothing.
 DEMO = dict(epochs=4, repetition_penalty=1.0, batch_size=64, lr=2e-4, act_ckpt=False, refresh_every=8, route_chunk=64)
 DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field="answer", max_len=256,
                  min_response=8, max_new_tokens=64, rollout_filter="minimal", system_prompt="", eval_items=200)
 
 
 def parse_args(argv=None):
-    """argparse from the Config fields: every flag, its type, default and help come from there."""
     p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1],
                                 allow_abbrev=False)  # a shortened flag could later come to mean another one
     group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
@@ -1280,12 +1271,11 @@ def parse_args(argv=None):
         elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
             kind, demo = types[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
             default = m[2] if m[2] != "None" else "; ".join(f"{k}: {d[m[1]]}" for k, d in LOSS_DEFAULTS.items())
-            group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__,
-                               help=f"{m[3]} (default: {default}{'' if demo is None else f'; demo: {demo!r}'})"
-                               .replace("%", "%%"))
+            doc = f"{m[3]} (default: {default}{'' if demo is None else f'; demo: {demo!r}'})".replace("%", "%%")
+            group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__, help=doc)
     given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
     cfg = Config(**given)
-    if QWEN_SHORT.match(cfg.model) and not os.path.exists(cfg.model):
+    if re.match(r"^Qwen[\d.]+-[\w.-]+$", cfg.model) and not os.path.exists(cfg.model):  # short for Qwen/...
         cfg.model = "Qwen/" + cfg.model
     cfg.data = cfg.data or ("demo" if cfg.model == "tiny" else "numina_cot_10k")
     for defaults in (DEMO if cfg.model == "tiny" else {}, DEMO_TASK if cfg.data in ("demo", "demo_shift") else {},
@@ -1296,12 +1286,10 @@ def parse_args(argv=None):
 
 
 def check(cfg):
-    """Every flag in its range, in one place: the first that is not ends the run with one line."""
-    ints = "batch_size micro_tokens max_len min_response max_new_tokens rollout_n refresh_every route_chunk epochs " \
-           "logp_chunk keep_ckpts"
-    shares = "rollout_frac probe_frac top_p dup_jaccard neg_jaccard neg_target pos_min pos_max vllm_gpu_memory"
-    rules = [(f, getattr(cfg, f) >= 1, "at least 1") for f in ints.split()]
-    rules += [(f, 0 <= getattr(cfg, f) <= 1, "between 0 and 1") for f in shares.split() + list(QUANTILES.values())]
+    rules = [(f, getattr(cfg, f) >= 1, "at least 1") for f in "batch_size micro_tokens max_len min_response "
+             "max_new_tokens rollout_n refresh_every route_chunk epochs logp_chunk keep_ckpts".split()]
+    rules += [(f, 0 <= getattr(cfg, f) <= 1, "between 0 and 1") for f in "rollout_frac probe_frac top_p dup_jaccard "
+              "neg_jaccard neg_target pos_min pos_max vllm_gpu_memory".split() + list(QUANTILES.values())]
     rules += [(f, per_loss(cfg, f) >= 0, "0 or more") for f in "max_steps save_every warmup horizon max_items "
               "eval_items demo_warmup max_neg temperature weight_decay min_lr kl_coef profit_p".split()]
     rules += [("lr", cfg.lr > 0, "above 0"), ("grad_clip", cfg.grad_clip > 0, "above 0"),
@@ -1332,16 +1320,14 @@ def _str2bool(s):
 
 
 def setup_dist():
-    """This rank's device. Every GPU run, one GPU included, joins an nccl group, so one GPU runs the same
-    FSDP2 code as eight; torchrun sets the env, a plain `python rasft.py` is rank 0 of 1. A plain run on a
-    CPU stays a single process (torchrun on CPUs: gloo)."""
+    """This rank's device. Every GPU run, one GPU included, joins an nccl group (`python rasft.py` as rank 0 of 1), so
+    one GPU runs the same FSDP2 code as eight; a plain run on a CPU stays one process (torchrun on CPUs: gloo)."""
     cuda = torch.cuda.is_available()
     if dist.is_initialized() or not (cuda or "RANK" in os.environ):
         return torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda and local >= torch.cuda.device_count():
-        raise UsageError(f"local rank {local} but only {torch.cuda.device_count()} visible GPU(s): "
-                        f"set --nproc_per_node to at most {torch.cuda.device_count()}")
+    local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if cuda and local >= gpus:
+        raise UsageError(f"local rank {local} but only {gpus} visible GPU(s): set --nproc_per_node to at most {gpus}")
     for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
         os.environ.setdefault(k, v)
     import socket
@@ -1374,8 +1360,7 @@ def rank():
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def all_gather_list(local):
-    """Concatenate each rank's python list, in rank order."""
+def all_gather_list(local):  # each rank's python list, concatenated in rank order
     if not dist.is_initialized():
         return list(local)
     out = [None] * world_size()
@@ -1383,24 +1368,20 @@ def all_gather_list(local):
     return [x for part in out for x in part]
 
 
-def shard_of(seq):
-    """This rank's contiguous share of seq (shares in rank order concatenate back to seq)."""
+def shard_of(seq):  # this rank's contiguous share of seq (shares in rank order concatenate back to seq)
     k = math.ceil(len(seq) / world_size())
     return seq[rank() * k:(rank() + 1) * k]
 
 
-def quiet():
-    """Progress bars only on a terminal, and no warnings about other libraries' internals."""
+def quiet():  # progress bars only on a terminal, and no warnings about other libraries' internals
     import warnings
     warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")  # torch deprecations inside vLLM
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its start-up chatter would bury our lines (set it to see)
     logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])  # also what it logs before configuring
     if not sys.stderr.isatty():
-        import transformers
-        transformers.utils.logging.disable_progress_bar()
+        __import__("transformers").utils.logging.disable_progress_bar()
         with contextlib.suppress(ImportError):
-            import datasets
-            datasets.disable_progress_bars()
+            __import__("datasets").disable_progress_bars()
 
 
 def progress(iterable, desc, total=None):
@@ -1415,16 +1396,15 @@ def progress(iterable, desc, total=None):
 
 
 def make_engine(scorer, tok, cfg, device):
-    """The rollout engine, created once, after sharding (vLLM sizes its KV cache from the memory left); the
-    current weights are pushed into it before each generate, so it starts with none of its own."""
-    backend = pick_backend(cfg.rollout_backend)
+    """Made once, after sharding (vLLM sizes its KV cache by what is left); weights are pushed before each generate."""
+    backend, stop = pick_backend(cfg.rollout_backend), stop_token_ids(tok, scorer.policy.generation_config)
     print0(f"rollout backend: {backend}")
     config, dtype = scorer.policy.config, torch.bfloat16 if device.type == "cuda" else torch.float32
     if backend == "hf":
         from transformers import AutoModelForCausalLM
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-        return HFEngine(model, tok, stop_token_ids(tok, scorer.policy.generation_config))
+        return HFEngine(model, tok, stop)
     path, memory = cfg.model, cfg.vllm_gpu_memory
     if cfg.model == "tiny":  # built in code: vLLM reads the architecture from disk
         path = os.path.join(cfg.out, "rollout_init")
@@ -1435,9 +1415,8 @@ def make_engine(scorer, tok, cfg, device):
         free = torch.tensor(torch.cuda.mem_get_info()[0], device=device)
         dist.all_reduce(free, op=dist.ReduceOp.MIN)  # one share for all: vLLM sizes every KV cache like the least
         memory = vllm_memory(free.item(), torch.cuda.mem_get_info()[1], adam)
-    return VLLMEngine.from_pretrained(path, tok, stop_token_ids(tok, scorer.policy.generation_config), cfg.max_len,
-                                      memory or 0.9, cfg.seed + rank(), sleeps=True, dummy=True,
-                                      free=getattr(scorer, "reshard", None))
+    return VLLMEngine.from_pretrained(path, tok, stop, cfg.max_len, memory or 0.9, cfg.seed + rank(), sleeps=True,
+                                      dummy=True, free=getattr(scorer, "reshard", None))
 
 
 def vllm_memory(free, total, adam):
@@ -1449,8 +1428,7 @@ def vllm_memory(free, total, adam):
 
 
 def evaluate(engine, scorer, rows, tok, cfg):
-    """Greedy held-out accuracy of the current policy, verified, overall and per group of rows (where they have
-    one), and the completions. Rank 0 generates; every rank gets the result."""
+    """Greedy held-out accuracy (overall, per group of rows) and completions: rank 0 generates, every rank gets them."""
     engine.load_weights(full_params(scorer.policy))
     gens = engine.generate([r["prompt"] for r in rows] if rank0() else [], n=1, max_tokens=cfg.max_new_tokens)
     out = [None]
@@ -1473,14 +1451,12 @@ class HFEngine:
 
     @torch.no_grad()
     def load_weights(self, named_tensors):
-        params = dict(self.model.named_parameters())
         for name, t in named_tensors:
-            params[name].copy_(t)
+            self.model.get_parameter(name).copy_(t)
 
     @torch.no_grad()
     def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0,
-                 seed=0, batch=256):
-        """batch: sequences per `generate` call (prompts x n)."""
+                 seed=0, batch=256):  # batch: sequences per `generate` call (prompts x n)
         torch.manual_seed(seed)
         dev, pad = self.model.device, self.tok.pad_token_id
         caps = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
@@ -1491,16 +1467,14 @@ class HFEngine:
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in part], device=dev)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=dev)
             gen = self.model.generate(  # to the largest budget; a sampled token never depends on the budget
-                input_ids=ids, attention_mask=mask, max_new_tokens=max(cap), do_sample=sample,
+                input_ids=ids, attention_mask=mask, max_new_tokens=max(cap), do_sample=sample, num_return_sequences=n,
                 temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=0 if sample else None,
-                repetition_penalty=repetition_penalty, num_return_sequences=n, eos_token_id=self.stop_ids,
-                pad_token_id=pad)[:, width:].tolist()
+                repetition_penalty=repetition_penalty, eos_token_id=self.stop_ids, pad_token_id=pad)[:, width:].tolist()
             out += [[cut_at_stop(g[:c], self.stop_ids) for g in gen[j * n:(j + 1) * n]] for j, c in enumerate(cap)]
         return out
 
 
-def cut_at_stop(ids, stop_ids):
-    """Tokens up to and including the first stop token (or all, if the length limit came first)."""
+def cut_at_stop(ids, stop_ids):  # the tokens up to and including the first stop token (all, if the limit came first)
     return next((ids[:k + 1] for k, t in enumerate(ids) if t in stop_ids), ids)
 
 
@@ -1607,9 +1581,8 @@ class VLLMEngine:
                              temperature=temperature, top_p=top_p if sample else 1.0, max_tokens=m,
                              repetition_penalty=repetition_penalty, stop_token_ids=self.stop_ids, detokenize=False)
               for m in (max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts))]
-        reqs = [{"prompt_token_ids": list(p)} for p in prompts]  # token ids: exactly the prompts training sees
         outs = []
-        if reqs:
+        if prompts:  # as token ids: exactly the prompts training sees
             self._wake()
             # CPU: one thread, as vLLM serves (idle OMP workers spin: 20x slower with 2 on a busy 2-core machine).
             # Seeds: vLLM's CUDA sampler seeds each request from NumPy's global RNG, its CPU sampler draws from
@@ -1617,7 +1590,7 @@ class VLLMEngine:
             with _training_state_kept(None if torch.cuda.is_available() else 1):
                 torch.manual_seed(seed)
                 __import__("numpy").random.seed(seed % 2 ** 32)
-                outs = self.llm.generate(reqs, sp, use_tqdm=False)
+                outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], sp, use_tqdm=False)
         self._sleep()
         return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n) for o in outs]
 
