@@ -540,14 +540,10 @@ def finish(run):
 
 
 def new_state(items, cfg):
-    """The run state: the same on every rank, and all that a checkpoint restores.
-    step, total      optimizer steps taken, and planned (the plan grows as rollouts join the queue)
-    order, cursor    item indices in training order (epochs one after the other), and how many are routed
-    queue            entries to train, first in first out (see expert())
-    pending, hard    items in the window waiting for a refresh; the hard pool, item -> times probed
-    ref_logp         per item, the mean log-prob of its expert response at step 0 (rho's reference term)
-    thresholds       the calibration quantiles; records: per item, its line of solvability.jsonl
-    last             the last refresh's record (its pass rate is printed at every step)"""
+    """The run state, the same on every rank, all that a checkpoint restores: step, total (steps taken, planned);
+    order, cursor (item indices by epoch, how many routed); queue (entries to train, first in first out: expert());
+    pending (items in the window); hard (the pool: item -> times probed); ref_logp (per item, rho's reference
+    term); thresholds (calibration); records (per item, its solvability.jsonl line); last (the last refresh)."""
     order = []
     for epoch in range(cfg.epochs):
         perm = list(range(len(items)))
@@ -613,11 +609,11 @@ def refresh(run):
         s["ref_logp"] = lp  # rho's reference term: one number per rollout, computed once
     state["queue"] += new
     n = max(counts["samples"], 1)
-    if counts["malformed"] > n / 2 and not state.get("warned"):  # say it once: short-answer data, say
+    if counts["malformed"] > n / 2 and not state.get("warned"):  # once: short-answer data, say
         state["warned"] = True
-        print0(f"warning: --rollout_filter {cfg.rollout_filter} dropped {counts['malformed']} of {n} rollouts at "
-               "this refresh" + (" (its rules want a \\boxed{} answer, 80+ characters, a reasoning word): with "
-                                 "short solutions, --rollout_filter minimal" if cfg.rollout_filter == "authors" else ""))
+        hint = " (their rules want a \\boxed{} answer, 80+ characters, a reasoning word): try --rollout_filter minimal"
+        print0(f"warning: --rollout_filter {cfg.rollout_filter} dropped {counts['malformed']} of {n} rollouts at this "
+               f"refresh{hint if cfg.rollout_filter == 'authors' else ''}")
     state["last"] = {"event": "refresh", "step": state["step"], "pending": len(pending), "rolled_out": len(chosen),
                      "probed": probed, "pass": counts["correct"] / n, "malformed": counts["malformed"] / n,
                      "queued_rollouts": len(rollouts), "hard_pool": len(state["hard"]), "low": low, "high": high,
