@@ -953,8 +953,7 @@ def target_of(row, f, response):
             entry = entry[0].get("function_name") if entry and isinstance(entry[0], dict) else None
         return {"tests": "\n".join(tests) if isinstance(tests, list) else tests, "entry": entry}
     answer = row.get(f["answer"]) if f["answer"] else None
-    if isinstance(answer, list):
-        answer = ", ".join(map(str, answer))
+    answer = ", ".join(map(str, answer)) if isinstance(answer, list) else answer
     answer = str(answer).strip() if answer not in (None, "") else extract_answer(response)
     return {"answer": answer} if answer else None
 
@@ -969,12 +968,8 @@ def read_rows(rows, cfg, where, need_response=True):
                           ("tests", "test_code test_list test"), ("entry", "entry_point test_info"))}
     if cfg.max_items:
         rows = rows.select(range(min(cfg.max_items, len(rows)))) if hasattr(rows, "select") else rows[:cfg.max_items]
-    out = []
-    for row in rows:
-        p, r = row.get(f["prompt"]), str(row.get(f["response"]) or "")
-        if p and (r or not need_response):
-            out.append((str(p), r, target_of(row, f, r)))
-    return out, len(rows)
+    texts = ((row, row.get(f["prompt"]), str(row.get(f["response"]) or "")) for row in rows)
+    return [(str(p), r, target_of(row, f, r)) for row, p, r in texts if p and (r or not need_response)], len(rows)
 
 
 def build_items(rows, cfg, tok):
