@@ -2168,11 +2168,9 @@ def tiny_tokenizer():
     """Byte-level Qwen2 tokenizer with the ChatML specials, built in code (survives save / reload)."""
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2Tokenizer
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                         pad_token="<|endoftext|>")
+    tok = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}, merges=[], unk_token=None,
+                         bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML)
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tok.chat_template = CHATML
     return tok
 
 
@@ -2184,8 +2182,7 @@ def tiny_model(tok):
                          tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                          bos_token_id=None, dtype=torch.float32, attn_implementation="sdpa")
     model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = stop_token_ids(tok)
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.update(eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id)
     return model
 
 
@@ -2199,9 +2196,8 @@ def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
     pool = [p for p in pool if (zlib.crc32(p[0].encode()) % 3 == 0) == heldout]
     rows = []
     for problem, xs, ops in random.Random(seed).sample(pool, min(n, len(pool))):
-        steps, total = [], xs[0]
-        for op, x in zip(ops, xs[1:]):
-            steps.append(f"{total}{op}{x}={(total := total + x if op == '+' else total - x)}.")
+        totals = list(itertools.accumulate((x if op == "+" else -x for op, x in zip(ops, xs[1:])), initial=xs[0]))
+        steps, total = [f"{t}{op}{x}={u}." for t, op, x, u in zip(totals, ops, xs[1:], totals[1:])], totals[-1]
         if style == "grouped":
             plus, minus = [xs[0]] + [x for op, x in zip(ops, xs[1:]) if op == "+"], [x for op, x in zip(ops, xs[1:]) if op == "-"]
             steps = [f"Plus: {'+'.join(map(str, plus))}={sum(plus)}.", f"Minus: {'+'.join(map(str, minus or [0]))}="
