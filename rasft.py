@@ -877,12 +877,10 @@ def hidden(model, input_ids, position_ids=None):
 
 
 
-PRESETS = {  # the authors' two training sets
-    "numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
-                           response_field="response"),
-    "kodcode": dict(data="KodCode/KodCode-V1-SFT-R1", prompt_field="question", response_field="r1_solution",
-                    tests_field="test_code", entry_field="test_info"),
-}
+PRESETS = {"numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
+                                  response_field="response"),
+           "kodcode": dict(data="KodCode/KodCode-V1-SFT-R1", prompt_field="question", response_field="r1_solution",
+                           tests_field="test_code", entry_field="test_info")}  # the authors' two training sets
 
 
 def load_rows(cfg):
@@ -1028,8 +1026,7 @@ def prompt_text(tok, problem, is_code, cfg):
 
 
 def end_token_id(tok):
-    """The token every response ends with: the tokenizer's EOS, as the authors append it (<|endoftext|> for Qwen2.5
-    base models, <|im_end|> for the instruct ones)."""
+    """Every response ends with the EOS, as the authors append it (Qwen2.5: <|endoftext|> base, <|im_end|> instruct)."""
     return tok.eos_token_id
 
 
