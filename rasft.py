@@ -2165,10 +2165,9 @@ def tiny_tokenizer():
     """Byte-level Qwen2 tokenizer with the ChatML specials, built in code (survives save / reload)."""
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2Tokenizer
-    tok = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}, merges=[], unk_token=None,
-                         bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML)
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    return tok
+    return Qwen2Tokenizer(vocab={c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}, merges=[], unk_token=None,
+                          bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML,
+                          additional_special_tokens=["<|im_start|>", "<|im_end|>"])
 
 
 def tiny_model(tok):
@@ -2187,16 +2186,16 @@ def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
     """n problems of `numbers` one-digit numbers, solved in the running style, 'Compute 8+7-4.' -> '8+7=15.
     15-4=11. \\boxed{11}', or in the grouped style, '-> Plus: 8+7=15. Minus: 4=4. 15-4=11. \\boxed{11}'. One
     problem in three (by a hash of its text) is held out: training and held-out sets never share a problem."""
-    pool = [(xs, ops) for xs in itertools.product(range(1, 10), repeat=numbers)
+    pool = [(x0, list(zip(ops, rest))) for x0, *rest in itertools.product(range(1, 10), repeat=numbers)
             for ops in itertools.product("+-", repeat=numbers - 1)]
-    pool = [(f"Compute {xs[0]}" + "".join(map("".join, zip(ops, map(str, xs[1:])))) + ".", xs, ops) for xs, ops in pool]
+    pool = [(f"Compute {x0}" + "".join(op + str(x) for op, x in terms) + ".", x0, terms) for x0, terms in pool]
     pool = [p for p in pool if (zlib.crc32(p[0].encode()) % 3 == 0) == heldout]
     rows = []
-    for problem, xs, ops in random.Random(seed).sample(pool, min(n, len(pool))):
-        totals = list(itertools.accumulate((x if op == "+" else -x for op, x in zip(ops, xs[1:])), initial=xs[0]))
-        steps, total = [f"{t}{op}{x}={u}." for t, op, x, u in zip(totals, ops, xs[1:], totals[1:])], totals[-1]
+    for problem, x0, terms in random.Random(seed).sample(pool, min(n, len(pool))):
+        totals = list(itertools.accumulate((x if op == "+" else -x for op, x in terms), initial=x0))
+        steps, total = [f"{t}{op}{x}={u}." for t, (op, x), u in zip(totals, terms, totals[1:])], totals[-1]
         if style == "grouped":
-            plus, minus = [xs[0]] + [x for op, x in zip(ops, xs[1:]) if op == "+"], [x for op, x in zip(ops, xs[1:]) if op == "-"]
+            plus, minus = [x0] + [x for op, x in terms if op == "+"], [x for op, x in terms if op == "-"]
             steps = [f"Plus: {'+'.join(map(str, plus))}={sum(plus)}.", f"Minus: {'+'.join(map(str, minus or [0]))}="
                      f"{sum(minus)}.", f"{sum(plus)}-{sum(minus)}={total}."]
         rows.append({"problem": problem, "solution": " ".join(steps) + f" \\boxed{{{total}}}", "answer": str(total),
