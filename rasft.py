@@ -932,11 +932,9 @@ def check_jsonl(path):
 
 def pick_field(cfg_value, row, candidates, what, flag, where):
     """The configured field, else the first candidate present in the row (None if optional and absent)."""
-    if cfg_value:
-        if cfg_value not in row:
-            raise UsageError(f"{where}: no field {cfg_value!r} (--{flag}); fields: {', '.join(row)}")
-        return cfg_value
-    found = next((c for c in candidates if c in row), None)
+    if cfg_value and cfg_value not in row:
+        raise UsageError(f"{where}: no field {cfg_value!r} (--{flag}); fields: {', '.join(row)}")
+    found = cfg_value or next((c for c in candidates if c in row), None)
     if found is None and what:
         raise UsageError(f"{where}: no {what} field found (fields: {', '.join(row)}); name it with --{flag}")
     return found
