@@ -886,12 +886,10 @@ def hidden(model, input_ids, position_ids=None):
 
 
 
-PRESETS = {  # the authors' two training sets
-    "numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
-                           response_field="response"),
-    "kodcode": dict(data="KodCode/KodCode-V1-SFT-R1", prompt_field="question", response_field="r1_solution",
-                    tests_field="test_code", entry_field="test_info"),
-}
+PRESETS = {"numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
+                                  response_field="response"),
+           "kodcode": dict(data="KodCode/KodCode-V1-SFT-R1", prompt_field="question", response_field="r1_solution",
+                           tests_field="test_code", entry_field="test_info")}  # the authors' two training sets
 
 
 def load_rows(cfg):
@@ -943,11 +941,9 @@ def check_jsonl(path):
 
 def pick_field(cfg_value, row, candidates, what, flag, where):
     """The configured field, else the first candidate present in the row (None if optional and absent)."""
-    if cfg_value:
-        if cfg_value not in row:
-            raise UsageError(f"{where}: no field {cfg_value!r} (--{flag}); fields: {', '.join(row)}")
-        return cfg_value
-    found = next((c for c in candidates if c in row), None)
+    if cfg_value and cfg_value not in row:
+        raise UsageError(f"{where}: no field {cfg_value!r} (--{flag}); fields: {', '.join(row)}")
+    found = cfg_value or next((c for c in candidates if c in row), None)
     if found is None and what:
         raise UsageError(f"{where}: no {what} field found (fields: {', '.join(row)}); name it with --{flag}")
     return found
@@ -962,8 +958,7 @@ def target_of(row, f, response):
             entry = entry[0].get("function_name") if entry and isinstance(entry[0], dict) else None
         return {"tests": "\n".join(tests) if isinstance(tests, list) else tests, "entry": entry}
     answer = row.get(f["answer"]) if f["answer"] else None
-    if isinstance(answer, list):
-        answer = ", ".join(map(str, answer))
+    answer = ", ".join(map(str, answer)) if isinstance(answer, list) else answer
     answer = str(answer).strip() if answer not in (None, "") else extract_answer(response)
     return {"answer": answer} if answer else None
 
@@ -978,12 +973,8 @@ def read_rows(rows, cfg, where, need_response=True):
                           ("tests", "test_code test_list test"), ("entry", "entry_point test_info"))}
     if cfg.max_items:
         rows = rows.select(range(min(cfg.max_items, len(rows)))) if hasattr(rows, "select") else rows[:cfg.max_items]
-    out = []
-    for row in rows:
-        p, r = row.get(f["prompt"]), str(row.get(f["response"]) or "")
-        if p and (r or not need_response):
-            out.append((str(p), r, target_of(row, f, r)))
-    return out, len(rows)
+    texts = ((row, row.get(f["prompt"]), str(row.get(f["response"]) or "")) for row in rows)
+    return [(str(p), r, target_of(row, f, r)) for row, p, r in texts if p and (r or not need_response)], len(rows)
 
 
 def build_items(rows, cfg, tok):
@@ -1042,8 +1033,7 @@ def prompt_text(tok, problem, is_code, cfg):
 
 
 def end_token_id(tok):
-    """The token every response ends with: the tokenizer's EOS, as the authors append it (<|endoftext|> for Qwen2.5
-    base models, <|im_end|> for the instruct ones)."""
+    """Every response ends with the EOS, as the authors append it (Qwen2.5: <|endoftext|> base, <|im_end|> instruct)."""
     return tok.eos_token_id
 
 
@@ -2155,12 +2145,9 @@ def tiny_tokenizer():
     """Byte-level Qwen2 tokenizer with the ChatML specials, built in code (survives save / reload)."""
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2Tokenizer
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                         pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tok.chat_template = CHATML
-    return tok
+    return Qwen2Tokenizer(vocab={c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}, merges=[], unk_token=None,
+                          bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML,
+                          additional_special_tokens=["<|im_start|>", "<|im_end|>"])
 
 
 def tiny_model(tok):
@@ -2171,8 +2158,7 @@ def tiny_model(tok):
                          tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                          bos_token_id=None, dtype=torch.float32, attn_implementation="sdpa")
     model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = stop_token_ids(tok)
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.update(eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id)
     return model
 
 
@@ -2180,17 +2166,16 @@ def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
     """n problems of `numbers` one-digit numbers, solved in the running style, 'Compute 8+7-4.' -> '8+7=15.
     15-4=11. \\boxed{11}', or in the grouped style, '-> Plus: 8+7=15. Minus: 4=4. 15-4=11. \\boxed{11}'. One
     problem in three (by a hash of its text) is held out: training and held-out sets never share a problem."""
-    pool = [(xs, ops) for xs in itertools.product(range(1, 10), repeat=numbers)
+    pool = [(x0, list(zip(ops, rest))) for x0, *rest in itertools.product(range(1, 10), repeat=numbers)
             for ops in itertools.product("+-", repeat=numbers - 1)]
-    pool = [(f"Compute {xs[0]}" + "".join(map("".join, zip(ops, map(str, xs[1:])))) + ".", xs, ops) for xs, ops in pool]
+    pool = [(f"Compute {x0}" + "".join(op + str(x) for op, x in terms) + ".", x0, terms) for x0, terms in pool]
     pool = [p for p in pool if (zlib.crc32(p[0].encode()) % 3 == 0) == heldout]
     rows = []
-    for problem, xs, ops in random.Random(seed).sample(pool, min(n, len(pool))):
-        steps, total = [], xs[0]
-        for op, x in zip(ops, xs[1:]):
-            steps.append(f"{total}{op}{x}={(total := total + x if op == '+' else total - x)}.")
+    for problem, x0, terms in random.Random(seed).sample(pool, min(n, len(pool))):
+        totals = list(itertools.accumulate((x if op == "+" else -x for op, x in terms), initial=x0))
+        steps, total = [f"{t}{op}{x}={u}." for t, (op, x), u in zip(totals, terms, totals[1:])], totals[-1]
         if style == "grouped":
-            plus, minus = [xs[0]] + [x for op, x in zip(ops, xs[1:]) if op == "+"], [x for op, x in zip(ops, xs[1:]) if op == "-"]
+            plus, minus = [x0] + [x for op, x in terms if op == "+"], [x for op, x in terms if op == "-"]
             steps = [f"Plus: {'+'.join(map(str, plus))}={sum(plus)}.", f"Minus: {'+'.join(map(str, minus or [0]))}="
                      f"{sum(minus)}.", f"{sum(plus)}-{sum(minus)}={total}."]
         rows.append({"problem": problem, "solution": " ".join(steps) + f" \\boxed{{{total}}}", "answer": str(total),
