@@ -1714,9 +1714,7 @@ def _after_marker(text, m):  # the math of the sentence after marker m ("x is 12
 
 def _find_answer(text):
     boxes, words = list(_BOX_RE.finditer(text)), None
-    for m in reversed(list(_MARKER_RE.finditer(text))):
-        if boxes and m.start() < boxes[-1].start():
-            break
+    for m in reversed([m for m in _MARKER_RE.finditer(text) if not boxes or m.start() > boxes[-1].start()]):
         if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
             return ans
         words = words or ans  # "The answer is not obvious. [...] So $x = 5$." is 5
@@ -1724,9 +1722,7 @@ def _find_answer(text):
     late = spans and (_stated(tail := text[spans[-1].end():]) or re.search(  # follows: "$x$ is 7." is 7
         r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b|(?:\b(?:is|are|was|equals?|gives?|yields?|becomes?"
         r"|get|which|that|to|of|by|in|as|and|or|so|then|have|obtain|\w+ing)|=)[\s,:]*$", tail))  # "..., giving"
-    if boxes or spans and not late:
-        return _joined(spans, text)
-    return _stated(text) or words or None
+    return _joined(spans, text) if boxes or spans and not late else _stated(text) or words or None
 
 
 def _stated(text):  # the number that the final sentence states after a verb, if finished and with no hedge near it
@@ -1768,9 +1764,7 @@ _NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) 
 _UNIT_TEX_RE = re.compile(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$")
 _UNIT_WORD_RE = re.compile(r"(?:\s+(?:[a-zA-Z]{2,}\.?|m(?=\^)))+(?:\^\{?\d\}?)?$")  # 5 ft, 5 m^2
 _LEADING_NUM_RE = re.compile(r"[-+]?(?:\d|\.\d|\\frac\{?\d|\\sqrt)")
-_NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?")
 _FRAC_RE = re.compile(r"\\frac\s*(?:\{\s*(-?\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))")
-_REPEAT_RE = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?")
 
 
 def _norm(s):
@@ -1791,10 +1785,10 @@ def _to_number(s):  # exact Fraction of a numeric literal (int, decimal, 4e3, a/
     try:
         if m := re.fullmatch(r"([-+]?) *(?:(\d+) +)?(-?\d+/\d+)", s):  # a/b or a mixed number `2 1/2`
             v = int(m[2] or 0) + Fraction(m[3])
-        elif m := _REPEAT_RE.fullmatch(s):  # 0.1\overline{6}
+        elif m := re.fullmatch(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?", s):  # 0.1\overline{6}
             v = Fraction(int(m[2] + m[3] + m[4]) - int(m[2] + m[3] or "0"), 10 ** len(m[3]) * (10 ** len(m[4]) - 1))
         else:
-            return Fraction(s) if _NUM_RE.fullmatch(s) else None
+            return Fraction(s) if re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?", s) else None
         return -v if m[1] == "-" else v
     except (ValueError, ZeroDivisionError):  # e.g. >4300-digit ints, x/0: not a plain number
         return None
@@ -1816,7 +1810,6 @@ _TEX_RULES = [(re.compile(p), r) for p, r in (
     (r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))"), (r"\\binom\{([^{}]*)\}\{([^{}]*)\}", r" binomial(\1,\2)"),
     (r"\\sqrt\[([^\[\]{}]*)\]\{([^{}]*)\}", r"((\2)**(1/(\1)))"),
     (r"(?<!\\frac)(?<!\\binom)(?<![}\]])\{([^{}]*)\}", r"(\1)"))]  # a plain group; not an argument of the above
-_SAFE_RE = re.compile(r"[A-Za-z0-9_\s+\-*/().,!]*")
 _PARSE_ERRORS = (SyntaxError, TypeError, ValueError, AttributeError, NameError, KeyError, IndexError, ZeroDivisionError,
                  OverflowError, RecursionError, NotImplementedError, tokenize.TokenError, sympy.SympifyError)
 
@@ -1832,7 +1825,7 @@ def _to_sympy(s):
     py = re.sub(r"([A-Za-z0-9_.]+|\([^()]*\))\s*!", r" factorial(\1)", py)  # tighter than implicit products
     # parse_expr evals its input: only arithmetic tokens, no dunders or attribute access, reach it. 10^5! and up
     # or a numeric tower like 10^{10^{10}} are too big to build (the worker's timeout would stop them, slowly).
-    if (not _SAFE_RE.fullmatch(py) or "__" in py or len(py) > 2000
+    if (not re.fullmatch(r"[A-Za-z0-9_\s+\-*/().,!]*", py) or "__" in py or len(py) > 2000
             or re.search(r"\.\s*[A-Za-z_]|factorial\(\d{5}|\*\*[\s(]*\d+[\s)]*\*\*", py)):
         return None
     e = None
@@ -2139,12 +2132,9 @@ def run_tests(program, tests, timeout=10.0, memory_mb=2048, max_output=1 << 20):
     return marker in out
 
 
-_FENCE_RE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
-
-
 def extract_code(completion):
     """The last ```python block (else the last fenced block; an unclosed fence: the text after it; no fence: all)."""
-    blocks = _FENCE_RE.findall(completion)
+    blocks = re.findall(r"```([\w+-]*)[^\n]*\n(.*?)```", completion, re.S)
     if code := [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")] or [b for _, b in blocks]:
         return code[-1]
     return completion.rsplit("```", 1)[1].split("\n", 1)[-1] if "```" in completion else completion
