@@ -1896,8 +1896,7 @@ def _as_set(t):  # an interval, a relation in one variable, or a union or list o
     if t[0] in ("set", "coll"):
         return None if None in (u := [_as_set(x) for x in t[1]]) else sympy.Union(*u)
     if t[0] == "seq" and t[1] in "([" and t[2] in ")]" and len(t[3]) == 2 and all(x[0] == "x" for x in t[3]):
-        ends = [_to_sympy(x[1]) for x in t[3]]
-        if None not in ends and not any(e.free_symbols for e in ends):
+        if None not in (ends := [_to_sympy(x[1]) for x in t[3]]) and not any(e.free_symbols for e in ends):
             with contextlib.suppress(ValueError, TypeError):
                 return sympy.Interval(*ends, t[1] == "(", t[2] == ")")
 
@@ -2049,9 +2048,8 @@ def _main():
     fd, cpu, mem = map(int, sys.argv[1:4])
     marker, write, exit_ = os.read(fd, 64), os.write, os._exit
     os.close(fd)
-    for lim, v in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, mem), (resource.RLIMIT_FSIZE, 1 << 24),
-                   (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(lim, (v, v))
+    for lim, v in (("CPU", cpu), ("AS", mem), ("FSIZE", 1 << 24), ("CORE", 0)):
+        resource.setrlimit(getattr(resource, "RLIMIT_" + lim), (v, v))
     prog, tests = (open(f).read() for f in ("solution.py", "tests.py"))
     os.remove("solution.py"), os.remove("tests.py")
     root = os.path.realpath(".") + os.sep
