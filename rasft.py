@@ -1661,12 +1661,10 @@ def verify_many(pairs, timeout=5.0, workers=None):
 
 
 # ----------------------------- math: extraction -----------------------------
-# Where the answer is, first found wins; in the text after </think> if that has one, else in the whole text, and
-# only up to a special token that ends the turn:
+# Where the answer is, first found wins; after </think> if that part has one, else anywhere, up to an end-of-turn token:
 #   1. the last \boxed{}, with the boxes before it that only connecting words separate from it ("\boxed{1},
 #      \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}"), unless a marker with math follows it;
-#   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), if it has math, cut to its
-#      math: "Final Answer: The largest $n$ is 34." -> 34;
+#   2. the math of the sentence after the last answer marker ("answer:", "the answer is", "####"): "$n$ is 34." -> 34;
 #   3. the last math span ($..$, \(..\), \[..\]; `$1,000.99` is money) of the final sentence, joined like boxes, unless
 #      the sentence denies it ("$x = 3$ does not work"), stops before a value ("$(2+1)^2$, which") or states one later;
 #   4. the number a finished final sentence states ("So there are 12 such sequences."; not "is not 10", "12 or 13?");
@@ -2035,13 +2033,12 @@ def _shutdown_worker():
 
 
 # ----------------------------- code: sandboxed tests ------------------------
-# Covers runaway CPU / wall time / memory / output / file size, accidental or lazy damage to the host (deleting
-# files outside the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit
-# hooks, printing "all tests passed"): success is a random per-call marker that the harness prints only after the
-# last test returned; it arrives through a pipe closed before the candidate runs (in no file, argv or env).
-# NOT covered: a determined adversary (frame or gc introspection, /proc/self/mem, ctypes, objects whose __eq__ is
-# always True). A reward guard for model-written code, not a security boundary: run it in a container. Limits are
-# set inside the child, not in preexec_fn, which is unsafe in a threaded trainer.
+# Covers runaway CPU / wall time / memory / output / file size, careless damage to the host (deleting files outside
+# the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit hooks, printing
+# "all tests passed"): success is a random per-call marker the harness prints only after the last test returned, through
+# a pipe closed before the candidate runs (in no file, argv or env). NOT covered: a determined adversary (frame or gc
+# introspection, /proc/self/mem, ctypes, objects whose __eq__ is always True). A reward guard for model-written code,
+# not a security boundary: run it in a container. Limits are set in the child, not in preexec_fn (unsafe in threads).
 _HARNESS = r'''
 import inspect, os, pathlib, resource, shutil, subprocess, sys, tempfile, types
 def _main():
