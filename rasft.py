@@ -1618,7 +1618,6 @@ def close_vllm():
 
 # ---------------------------------------------------------------------------------------------------
 # 10. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
-#    Its contract first: verify() a completion against its item's target.
 
 
 
@@ -1759,8 +1758,6 @@ _NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) 
     (r"\\log_\{?(\w+)\}?\s*(\([^()]*\)|\{[^{}]*\}|\w+)", r"\\log(\2, \1)"), (r"\\cdot|\\times", "*"),
     (r"\\lfloor", " floor("), (r"\\lceil", " ceiling("), (r"\\r(?:floor|ceil)", ")"), (r"\\div", "/"),
     (r"\\arc", r"\\a"), (r"\\ln(?![a-zA-Z])", r"\\log"), (r"\\var(?=epsilon|theta|phi)", r"\\"))]
-_UNIT_TEX_RE = re.compile(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$")
-_UNIT_WORD_RE = re.compile(r"(?:\s+(?:[a-zA-Z]{2,}\.?|m(?=\^)))+(?:\^\{?\d\}?)?$")  # 5 ft, 5 m^2
 _LEADING_NUM_RE = re.compile(r"[-+]?(?:\d|\.\d|\\frac\{?\d|\\sqrt)")
 _FRAC_RE = re.compile(r"\\frac\s*(?:\{\s*(-?\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))")
 
@@ -1770,10 +1767,10 @@ def _norm(s):
     for pat, rep in _NORM_SUBS:
         s = pat.sub(rep, s)
     if lead := _LEADING_NUM_RE.match(s := s.strip()):  # units only after a number: a bare `m`, `2m` survive
-        s = _UNIT_TEX_RE.sub("", s).strip() or s
+        s = re.sub(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$", "", s).strip() or s  # \text{ cm}^2
     s = re.sub(r"\s+", " ", re.sub(_TEXT_CMD + r"\{([^{}]*)\}", lambda m: f" {m[1]} ", s)).strip()
     s = re.sub(r"(?<!\.)\.$", "", s).strip()  # a full stop; an ellipsis is part of the answer
-    s = _UNIT_WORD_RE.sub("", s) or s if lead else s
+    s = re.sub(r"(?:\s+(?:[a-zA-Z]{2,}\.?|m(?=\^)))+(?:\^\{?\d\}?)?$", "", s) or s if lead else s  # 5 ft, 5 m^2
     s = s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) else s  # 1,000,000 but not 1,2
     return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", lambda m: m[1] or m[2], s)  # base 204_5 -> 204; (B) -> B
 
@@ -1802,8 +1799,7 @@ def _tol(g):  # half a unit in the gold's last digit when the gold is a decimal 
 _LOCALS = {**{c: sympy.Symbol(c) for c in "E I N O Q S beta gamma zeta Lambda".split()}, "e": sympy.E, "i": sympy.I}
 _TRANSFORMS = standard_transformations + (implicit_multiplication_application, convert_xor, rationalize)
 _ARG = r"(\d|[a-zA-Z]|\\[a-zA-Z]+)"  # a one-token argument: \frac12, \sqrt x, \frac\pi2
-# Applied until nothing changes, so each rule only ever sees brace-free arguments (innermost first).
-_TEX_RULES = [(re.compile(p), r) for p, r in (
+_TEX_RULES = [(re.compile(p), r) for p, r in (  # applied until stable: rules see only brace-free (innermost) arguments
     (r"\\(frac|binom|sqrt)" + _ARG, r"\\\1{\2}"), (r"(\\(?:frac|binom)\{[^{}]*\})" + _ARG, r"\1{\2}"),
     (r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))"), (r"\\binom\{([^{}]*)\}\{([^{}]*)\}", r" binomial(\1,\2)"),
     (r"\\sqrt\[([^\[\]{}]*)\]\{([^{}]*)\}", r"((\2)**(1/(\1)))"),
