@@ -1644,13 +1644,12 @@ def math_equal(pred, gold, timeout=5.0):
             atexit.register(_shutdown_worker)
             os.register_at_fork(after_in_child=_forget_worker)
         _WORKER = _WORKER or _start_worker()
-        r = None
         with contextlib.suppress(OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
             _WORKER[1].send((str(pred), str(gold)))
-            r = _WORKER[1].recv() if _WORKER[1].poll(timeout) else None
-        if r is None:
-            _shutdown_worker()
-    return bool(r)
+            if _WORKER[1].poll(timeout):
+                return bool(_WORKER[1].recv())
+        _shutdown_worker()
+    return False
 
 
 def verify_many(pairs, timeout=5.0, workers=None):
@@ -1758,8 +1757,12 @@ _NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) 
     (r"\\log_\{?(\w+)\}?\s*(\([^()]*\)|\{[^{}]*\}|\w+)", r"\\log(\2, \1)"), (r"\\cdot|\\times", "*"),
     (r"\\lfloor", " floor("), (r"\\lceil", " ceiling("), (r"\\r(?:floor|ceil)", ")"), (r"\\div", "/"),
     (r"\\arc", r"\\a"), (r"\\ln(?![a-zA-Z])", r"\\log"), (r"\\var(?=epsilon|theta|phi)", r"\\"))]
+_UNIT_TEX_RE = re.compile(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$")
+_UNIT_WORD_RE = re.compile(r"(?:\s+(?:[a-zA-Z]{2,}\.?|m(?=\^)))+(?:\^\{?\d\}?)?$")  # 5 ft, 5 m^2
 _LEADING_NUM_RE = re.compile(r"[-+]?(?:\d|\.\d|\\frac\{?\d|\\sqrt)")
+_NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?")
 _FRAC_RE = re.compile(r"\\frac\s*(?:\{\s*(-?\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))")
+_REPEAT_RE = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?")
 
 
 def _norm(s):
@@ -1767,10 +1770,10 @@ def _norm(s):
     for pat, rep in _NORM_SUBS:
         s = pat.sub(rep, s)
     if lead := _LEADING_NUM_RE.match(s := s.strip()):  # units only after a number: a bare `m`, `2m` survive
-        s = re.sub(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$", "", s).strip() or s  # \text{ cm}^2
+        s = _UNIT_TEX_RE.sub("", s).strip() or s
     s = re.sub(r"\s+", " ", re.sub(_TEXT_CMD + r"\{([^{}]*)\}", lambda m: f" {m[1]} ", s)).strip()
     s = re.sub(r"(?<!\.)\.$", "", s).strip()  # a full stop; an ellipsis is part of the answer
-    s = re.sub(r"(?:\s+(?:[a-zA-Z]{2,}\.?|m(?=\^)))+(?:\^\{?\d\}?)?$", "", s) or s if lead else s  # 5 ft, 5 m^2
+    s = _UNIT_WORD_RE.sub("", s) or s if lead else s
     s = s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) else s  # 1,000,000 but not 1,2
     return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", lambda m: m[1] or m[2], s)  # base 204_5 -> 204; (B) -> B
 
@@ -1780,10 +1783,10 @@ def _to_number(s):  # exact Fraction of a numeric literal (int, decimal, 4e3, a/
     try:
         if m := re.fullmatch(r"([-+]?) *(?:(\d+) +)?(-?\d+/\d+)", s):  # a/b or a mixed number `2 1/2`
             v = int(m[2] or 0) + Fraction(m[3])
-        elif m := re.fullmatch(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?", s):  # 0.1\overline{6}
+        elif m := _REPEAT_RE.fullmatch(s):  # 0.1\overline{6}
             v = Fraction(int(m[2] + m[3] + m[4]) - int(m[2] + m[3] or "0"), 10 ** len(m[3]) * (10 ** len(m[4]) - 1))
         else:
-            return Fraction(s) if re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?", s) else None
+            return Fraction(s) if _NUM_RE.fullmatch(s) else None
         return -v if m[1] == "-" else v
     except (ValueError, ZeroDivisionError):  # e.g. >4300-digit ints, x/0: not a plain number
         return None
@@ -1822,10 +1825,9 @@ def _to_sympy(s):
     if (not re.fullmatch(r"[A-Za-z0-9_\s+\-*/().,!]*", py) or "__" in py or len(py) > 2000
             or re.search(r"\.\s*[A-Za-z_]|factorial\(\d{5}|\*\*[\s(]*\d+[\s)]*\*\*", py)):
         return None
-    e = None
     with contextlib.suppress(*_PARSE_ERRORS):  # not an expression sympy understands
         e = parse_expr(py, local_dict=dict(_LOCALS), transformations=_TRANSFORMS)
-    return e if isinstance(e, sympy.Expr) else None
+        return e if isinstance(e, sympy.Expr) else None
 
 
 def _vals(e, syms):  # e at four fixed random rational points; None where it is undefined or infinite
