@@ -1710,7 +1710,7 @@ def _after_marker(text, m):  # the math of the sentence after marker m ("x is 12
 
 def _find_answer(text):
     boxes, words = list(_BOX_RE.finditer(text)), None
-    for m in reversed([m for m in _MARKER_RE.finditer(text) if not boxes or m.start() > boxes[-1].start()]):
+    for m in reversed(list(_MARKER_RE.finditer(text, boxes[-1].start() if boxes else 0))):  # after the last box
         if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
             return ans
         words = words or ans  # "The answer is not obvious. [...] So $x = 5$." is 5
