@@ -1590,7 +1590,6 @@ def close_vllm():
 
 # ---------------------------------------------------------------------------------------------------
 # 10. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
-#    Its contract first: verify() a completion against its item's target.
 
 
 
@@ -1617,13 +1616,12 @@ def math_equal(pred, gold, timeout=5.0):
             atexit.register(_shutdown_worker)
             os.register_at_fork(after_in_child=_forget_worker)
         _WORKER = _WORKER or _start_worker()
-        r = None
         with contextlib.suppress(OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
             _WORKER[1].send((str(pred), str(gold)))
-            r = _WORKER[1].recv() if _WORKER[1].poll(timeout) else None
-        if r is None:
-            _shutdown_worker()
-    return bool(r)
+            if _WORKER[1].poll(timeout):
+                return bool(_WORKER[1].recv())
+        _shutdown_worker()
+    return False
 
 
 def verify_many(pairs, timeout=5.0, workers=None):
@@ -1633,12 +1631,10 @@ def verify_many(pairs, timeout=5.0, workers=None):
 
 
 # ----------------------------- math: extraction -----------------------------
-# Where the answer is, first found wins; in the text after </think> if that has one, else in the whole text, and
-# only up to a special token that ends the turn:
+# Where the answer is, first found wins; after </think> if that part has one, else anywhere, up to an end-of-turn token:
 #   1. the last \boxed{}, with the boxes before it that only connecting words separate from it ("\boxed{1},
 #      \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}"), unless a marker with math follows it;
-#   2. the sentence after the last answer marker ("answer:", "the answer is", "####"), if it has math, cut to its
-#      math: "Final Answer: The largest $n$ is 34." -> 34;
+#   2. the math of the sentence after the last answer marker ("answer:", "the answer is", "####"): "$n$ is 34." -> 34;
 #   3. the last math span ($..$, \(..\), \[..\]; `$1,000.99` is money) of the final sentence, joined like boxes, unless
 #      the sentence denies it ("$x = 3$ does not work"), stops before a value ("$(2+1)^2$, which") or states one later;
 #   4. the number a finished final sentence states ("So there are 12 such sequences."; not "is not 10", "12 or 13?");
@@ -1686,9 +1682,7 @@ def _after_marker(text, m):  # the math of the sentence after marker m ("x is 12
 
 def _find_answer(text):
     boxes, words = list(_BOX_RE.finditer(text)), None
-    for m in reversed(list(_MARKER_RE.finditer(text))):
-        if boxes and m.start() < boxes[-1].start():
-            break
+    for m in reversed(list(_MARKER_RE.finditer(text, boxes[-1].start() if boxes else 0))):  # after the last box
         if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
             return ans
         words = words or ans  # "The answer is not obvious. [...] So $x = 5$." is 5
@@ -1696,9 +1690,7 @@ def _find_answer(text):
     late = spans and (_stated(tail := text[spans[-1].end():]) or re.search(  # follows: "$x$ is 7." is 7
         r"[.!?]\s+\S|\n\s*\S|\bnot\b|n't\b|\bwrong\b|\bincorrect\b|(?:\b(?:is|are|was|equals?|gives?|yields?|becomes?"
         r"|get|which|that|to|of|by|in|as|and|or|so|then|have|obtain|\w+ing)|=)[\s,:]*$", tail))  # "..., giving"
-    if boxes or spans and not late:
-        return _joined(spans, text)
-    return _stated(text) or words or None
+    return _joined(spans, text) if boxes or spans and not late else _stated(text) or words or None
 
 
 def _stated(text):  # the number that the final sentence states after a verb, if finished and with no hedge near it
@@ -1782,13 +1774,11 @@ def _tol(g):  # half a unit in the gold's last digit when the gold is a decimal 
 _LOCALS = {**{c: sympy.Symbol(c) for c in "E I N O Q S beta gamma zeta Lambda".split()}, "e": sympy.E, "i": sympy.I}
 _TRANSFORMS = standard_transformations + (implicit_multiplication_application, convert_xor, rationalize)
 _ARG = r"(\d|[a-zA-Z]|\\[a-zA-Z]+)"  # a one-token argument: \frac12, \sqrt x, \frac\pi2
-# Applied until nothing changes, so each rule only ever sees brace-free arguments (innermost first).
-_TEX_RULES = [(re.compile(p), r) for p, r in (
+_TEX_RULES = [(re.compile(p), r) for p, r in (  # applied until stable: rules see only brace-free (innermost) arguments
     (r"\\(frac|binom|sqrt)" + _ARG, r"\\\1{\2}"), (r"(\\(?:frac|binom)\{[^{}]*\})" + _ARG, r"\1{\2}"),
     (r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))"), (r"\\binom\{([^{}]*)\}\{([^{}]*)\}", r" binomial(\1,\2)"),
     (r"\\sqrt\[([^\[\]{}]*)\]\{([^{}]*)\}", r"((\2)**(1/(\1)))"),
     (r"(?<!\\frac)(?<!\\binom)(?<![}\]])\{([^{}]*)\}", r"(\1)"))]  # a plain group; not an argument of the above
-_SAFE_RE = re.compile(r"[A-Za-z0-9_\s+\-*/().,!]*")
 _PARSE_ERRORS = (SyntaxError, TypeError, ValueError, AttributeError, NameError, KeyError, IndexError, ZeroDivisionError,
                  OverflowError, RecursionError, NotImplementedError, tokenize.TokenError, sympy.SympifyError)
 
@@ -1804,13 +1794,12 @@ def _to_sympy(s):
     py = re.sub(r"([A-Za-z0-9_.]+|\([^()]*\))\s*!", r" factorial(\1)", py)  # tighter than implicit products
     # parse_expr evals its input: only arithmetic tokens, no dunders or attribute access, reach it. 10^5! and up
     # or a numeric tower like 10^{10^{10}} are too big to build (the worker's timeout would stop them, slowly).
-    if (not _SAFE_RE.fullmatch(py) or "__" in py or len(py) > 2000
+    if (not re.fullmatch(r"[A-Za-z0-9_\s+\-*/().,!]*", py) or "__" in py or len(py) > 2000
             or re.search(r"\.\s*[A-Za-z_]|factorial\(\d{5}|\*\*[\s(]*\d+[\s)]*\*\*", py)):
         return None
-    e = None
     with contextlib.suppress(*_PARSE_ERRORS):  # not an expression sympy understands
         e = parse_expr(py, local_dict=dict(_LOCALS), transformations=_TRANSFORMS)
-    return e if isinstance(e, sympy.Expr) else None
+        return e if isinstance(e, sympy.Expr) else None
 
 
 def _vals(e, syms):  # e at four fixed random rational points; None where it is undefined or infinite
@@ -1875,8 +1864,7 @@ def _as_set(t):  # an interval, a relation in one variable, or a union or list o
     if t[0] in ("set", "coll"):
         return None if None in (u := [_as_set(x) for x in t[1]]) else sympy.Union(*u)
     if t[0] == "seq" and t[1] in "([" and t[2] in ")]" and len(t[3]) == 2 and all(x[0] == "x" for x in t[3]):
-        ends = [_to_sympy(x[1]) for x in t[3]]
-        if None not in ends and not any(e.free_symbols for e in ends):
+        if None not in (ends := [_to_sympy(x[1]) for x in t[3]]) and not any(e.free_symbols for e in ends):
             with contextlib.suppress(ValueError, TypeError):
                 return sympy.Interval(*ends, t[1] == "(", t[2] == ")")
 
@@ -2015,22 +2003,20 @@ def _shutdown_worker():
 
 
 # ----------------------------- code: sandboxed tests ------------------------
-# Covers runaway CPU / wall time / memory / output / file size, accidental or lazy damage to the host (deleting
-# files outside the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit
-# hooks, printing "all tests passed"): success is a random per-call marker that the harness prints only after the
-# last test returned; it arrives through a pipe closed before the candidate runs (in no file, argv or env).
-# NOT covered: a determined adversary (frame or gc introspection, /proc/self/mem, ctypes, objects whose __eq__ is
-# always True). A reward guard for model-written code, not a security boundary: run it in a container. Limits are
-# set inside the child, not in preexec_fn, which is unsafe in a threaded trainer.
+# Covers runaway CPU / wall time / memory / output / file size, careless damage to the host (deleting files outside
+# the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit hooks, printing
+# "all tests passed"): success is a random per-call marker the harness prints only after the last test returned, through
+# a pipe closed before the candidate runs (in no file, argv or env). NOT covered: a determined adversary (frame or gc
+# introspection, /proc/self/mem, ctypes, objects whose __eq__ is always True). A reward guard for model-written code,
+# not a security boundary: run it in a container. Limits are set in the child, not in preexec_fn (unsafe in threads).
 _HARNESS = r'''
 import inspect, os, pathlib, resource, shutil, subprocess, sys, tempfile, types
 def _main():
     fd, cpu, mem = map(int, sys.argv[1:4])
     marker, write, exit_ = os.read(fd, 64), os.write, os._exit
     os.close(fd)
-    for lim, v in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, mem), (resource.RLIMIT_FSIZE, 1 << 24),
-                   (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(lim, (v, v))
+    for lim, v in (("CPU", cpu), ("AS", mem), ("FSIZE", 1 << 24), ("CORE", 0)):
+        resource.setrlimit(getattr(resource, "RLIMIT_" + lim), (v, v))
     prog, tests = (open(f).read() for f in ("solution.py", "tests.py"))
     os.remove("solution.py"), os.remove("tests.py")
     root = os.path.realpath(".") + os.sep
@@ -2111,12 +2097,9 @@ def run_tests(program, tests, timeout=10.0, memory_mb=2048, max_output=1 << 20):
     return marker in out
 
 
-_FENCE_RE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
-
-
 def extract_code(completion):
     """The last ```python block (else the last fenced block; an unclosed fence: the text after it; no fence: all)."""
-    blocks = _FENCE_RE.findall(completion)
+    blocks = re.findall(r"```([\w+-]*)[^\n]*\n(.*?)```", completion, re.S)
     if code := [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")] or [b for _, b in blocks]:
         return code[-1]
     return completion.rsplit("```", 1)[1].split("\n", 1)[-1] if "```" in completion else completion
