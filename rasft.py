@@ -51,13 +51,11 @@ Paper symbol -> name in this file:
     A_i, s              soft advantage tanh(0.4 z), damping 1/(1+k_pos)  group_advantages()
     rho                 clipped inverse probability ratio                loss_rasft()
 
-The defaults are the authors' run (their schedule per loss, their routing of every item at step 0, their window
-over a 1000-step horizon, their rollout filter and end token; README: "The authors' run, flag by flag").
-Departures, on purpose: the reference term is one number per sequence, computed once, so no reference forward runs
-in the step; log-probs are computed in chunks so no [B, T, vocab] tensor is kept; the global batch and the loss
-normalization do not depend on the number of ranks or micro-batches; fp32 master weights (theirs: pure bf16);
-calibration on all items (theirs: 1,000); the verifier never falls back to "the last number in the text".
---sliding gives the paper's description instead: a window that slides over the run, items routed just in time.
+The defaults are the authors' run (README: "The authors' run, flag by flag"); --sliding gives the paper's
+description instead (a window that slides over the run, items routed just in time). Departures, on purpose: rho's
+reference term is computed once per sequence, so no reference forward runs in the step; log-probs in chunks, no
+[B, T, vocab] tensor; a global batch and loss normalization that do not depend on the number of ranks or
+micro-batches; fp32 master weights; calibration on all items; a verifier that never takes "the last number".
 """
 
 import argparse
@@ -223,8 +221,7 @@ def calibrate(losses, cfg):
 
 def window_at(step, total_steps, thresholds):
     """The curriculum window slides linearly from [start_low, start_high] to [end_low, end_high]."""
-    a = min(step / max(total_steps, 1), 1.0)
-    t = thresholds
+    a, t = min(step / max(total_steps, 1), 1.0), thresholds
     return (1 - a) * t["start_low"] + a * t["end_low"], (1 - a) * t["start_high"] + a * t["end_high"]
 
 
@@ -250,8 +247,8 @@ def group_advantages(k, k_pos, k_neg, cfg):
     if k == 0 or k_pos == 0:
         return None
     d = 1 - k_pos / k  # the harder for the policy, the larger the expert's reward r*
-    rewards = torch.tensor([cfg.r_min + d * (cfg.r_max - cfg.r_min)] + [1.0] * k_pos + [0.0] * k_neg,
-                           dtype=torch.float64)
+    r_star = cfg.r_min + d * (cfg.r_max - cfg.r_min)
+    rewards = torch.tensor([r_star] + [1.0] * k_pos + [0.0] * k_neg, dtype=torch.float64)
     if torch.all(rewards == rewards[0]):  # all correct and d = 0: nothing to learn from the group
         return None
     z = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)  # the authors' guard, kept for equality
@@ -499,8 +496,7 @@ def optimizer_step(run, batch):
     lr = lr_at(run.state["step"], run.state["total"], run.cfg)
     for g in run.opt.param_groups:
         g["lr"] = lr
-    t0 = time.time()
-    m = train_step(run.scorer, run.opt, batch, run.items, run.cfg, run.device)
+    t0, m = time.time(), train_step(run.scorer, run.opt, batch, run.items, run.cfg, run.device)
     dt = time.time() - t0
     run.state["step"] += 1
     return dict(m, step=run.state["step"], total=run.state["total"], lr=lr, ms=1000 * dt, tok_s=m["tokens"] / dt)
