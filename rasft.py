@@ -899,8 +899,7 @@ def load_rows(cfg):
     return from_hub(load_dataset, cfg.data, "data", data_files=files, split=cfg.split)
 
 
-def read_file(path):
-    """A local .jsonl / .json / .parquet file's rows, through `datasets`; bad input is one line naming the file."""
+def read_file(path):  # a local .jsonl / .json / .parquet file's rows; bad input is one line naming the file
     from datasets import load_dataset
     ext = path.rsplit(".", 1)[-1]
     if ext not in ("jsonl", "json", "parquet"):
@@ -913,9 +912,8 @@ def read_file(path):
     return rows
 
 
-def from_hub(load, name, flag, **kw):
-    """load(name) for a local path or a Hub id; a missing path, or a Hub that cannot be reached, is one line."""
-    if not os.path.exists(name) and (name.startswith((".", "/", "~")) or name.endswith((".jsonl", ".json", ".parquet"))):
+def from_hub(load, name, flag, **kw):  # load(name), a path or a Hub id; a missing path or unreachable Hub is one line
+    if not os.path.exists(name) and (name.startswith(tuple("./~")) or name.endswith((".jsonl", ".json", ".parquet"))):
         raise UsageError(f"--{flag} {name}: no such file or folder")
     try:
         return load(name, **kw)
@@ -924,8 +922,7 @@ def from_hub(load, name, flag, **kw):
             "" if os.path.exists(name) else "; without network, pass a local folder")) from None
 
 
-def check_jsonl(path):
-    """`datasets` reports a bad line deep inside pyarrow; say which file and line instead."""
+def check_jsonl(path):  # `datasets` reports a bad line deep inside pyarrow; say which file and line instead
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             try:
@@ -945,8 +942,7 @@ def pick_field(cfg_value, row, candidates, what, flag, where):
     return found
 
 
-def target_of(row, f, response):
-    """What a rollout is verified against: unit tests, a gold answer, or None (expert-only item)."""
+def target_of(row, f, response):  # what a rollout is verified against: unit tests, a gold answer or None (expert only)
     tests = row.get(f["tests"]) if f["tests"] else None
     if tests:
         entry = row.get(f["entry"]) if f["entry"] else None
@@ -976,12 +972,11 @@ def read_rows(rows, cfg, where, need_response=True):
 def build_items(rows, cfg, tok):
     """Tokenize with the chat template; loss only on the response, which ends with the end token (a response cut
     to max_len keeps it with keep_end). Counts what was cut or skipped, and warns when cuts lose answers."""
-    texts, n_rows = read_rows(rows, cfg, f"--data {cfg.data}")
-    count = dict(rows=n_rows, empty=n_rows - len(texts), dropped=0, truncated=0, lost_answer=0, math=0, code=0,
-                 no_target=0)
+    texts, n = read_rows(rows, cfg, f"--data {cfg.data}")
+    count = dict(rows=n, empty=n - len(texts), dropped=0, truncated=0, lost_answer=0, math=0, code=0, no_target=0)
     end, keep_end = end_token_id(tok), per_loss(cfg, "keep_end")
-    prompts = tok([prompt_text(tok, p, t and "tests" in t, cfg) for p, _, t in texts], add_special_tokens=False)["input_ids"]
-    responses = tok([r for _, r, _ in texts], add_special_tokens=False)["input_ids"]
+    prompts, responses = (tok(batch, add_special_tokens=False)["input_ids"] for batch in (
+        [prompt_text(tok, p, t and "tests" in t, cfg) for p, _, t in texts], [r for _, r, _ in texts]))
     items = []
     for (_, _, target), p_ids, r_ids in zip(texts, prompts, responses):
         room = cfg.max_len - len(p_ids)
@@ -997,7 +992,7 @@ def build_items(rows, cfg, tok):
         items.append({"prompt": p_ids, "response": r_ids, "target": target})
     if not items:
         raise UsageError(f"--data {cfg.data}: no usable items ({count})")
-    print0(f"data {cfg.data}: {len(items)} items of {n_rows} rows | {count['math']} math, {count['code']} code, "
+    print0(f"data {cfg.data}: {len(items)} items of {n} rows | {count['math']} math, {count['code']} code, "
            f"{count['no_target']} without a target (expert only) | {count['truncated']} cut to --max_len "
            f"{cfg.max_len} ({count['lost_answer']} of them before their answer), {count['dropped']} dropped (prompt "
            f"leaves < {cfg.min_response} tokens), {count['empty']} without a prompt or response")
@@ -2120,8 +2115,7 @@ DEMO_WARMUP_LR = 2e-3  # from random weights; the method then fine-tunes at the 
 DEMO_TRAIN = 1900  # training problems of the demo task (of the 2916 there are, one in three held out)
 
 
-def tiny_tokenizer():
-    """Byte-level Qwen2 tokenizer with the ChatML specials, built in code (survives save / reload)."""
+def tiny_tokenizer():  # a byte-level Qwen2 tokenizer with the ChatML specials, built in code (survives save / reload)
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2Tokenizer
     return Qwen2Tokenizer(vocab={c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}, merges=[], unk_token=None,
@@ -2129,22 +2123,19 @@ def tiny_tokenizer():
                           additional_special_tokens=["<|im_start|>", "<|im_end|>"])
 
 
-def tiny_model(tok):
-    """A 150k-parameter Qwen2 (head_dim 32, which vLLM's CPU kernels need)."""
+def tiny_model(tok):  # a 150k-parameter Qwen2 (head_dim 32, which vLLM's CPU kernels need)
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         bos_token_id=None, dtype=torch.float32, attn_implementation="sdpa")
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, bos_token_id=None, dtype=torch.float32, attn_implementation="sdpa"))
     model.generation_config.update(eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id)
     return model
 
 
 def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
-    """n problems of `numbers` one-digit numbers, solved in the running style, 'Compute 8+7-4.' -> '8+7=15.
-    15-4=11. \\boxed{11}', or in the grouped style, '-> Plus: 8+7=15. Minus: 4=4. 15-4=11. \\boxed{11}'. One
-    problem in three (by a hash of its text) is held out: training and held-out sets never share a problem."""
+    """n problems of `numbers` one-digit numbers: 'Compute 8+7-4.' -> '8+7=15. 15-4=11. \\boxed{11}' (running) or
+    -> 'Plus: 8+7=15. Minus: 4=4. 15-4=11. \\boxed{11}' (grouped). One in three (by a hash of its text) is held out."""
     pool = [(x0, list(zip(ops, rest))) for x0, *rest in itertools.product(range(1, 10), repeat=numbers)
             for ops in itertools.product("+-", repeat=numbers - 1)]
     pool = [(f"Compute {x0}" + "".join(op + str(x) for op, x in terms) + ".", x0, terms) for x0, terms in pool]
@@ -2166,9 +2157,8 @@ def demo_task(cfg, heldout):
     """The demo's rows: running-style 3-number sums; demo_shift: half 3-number sums (which the warmed-up policy
     solves in its running style) and half 4-number sums, both written in the grouped style."""
     k, seed = (cfg.eval_items, 12345) if heldout else (DEMO_TRAIN, cfg.seed)
-    if cfg.data == "demo":
-        return demo_rows(k, seed, heldout)
-    return [r for numbers in (3, 4) for r in demo_rows(k // 2, seed + numbers, heldout, numbers, "grouped")]
+    return demo_rows(k, seed, heldout) if cfg.data == "demo" else [
+        r for numbers in (3, 4) for r in demo_rows(k // 2, seed + numbers, heldout, numbers, "grouped")]
 
 
 def demo_heldout(cfg, tok):
