@@ -1720,12 +1720,8 @@ _NORM_SUBS = [(re.compile(p), (lambda m, r=r: m.expand(r)) if "\\" in r else r) 
     (r"\\log_\{?(\w+)\}?\s*(\([^()]*\)|\{[^{}]*\}|\w+)", r"\\log(\2, \1)"), (r"\\cdot|\\times", "*"),
     (r"\\lfloor", " floor("), (r"\\lceil", " ceiling("), (r"\\r(?:floor|ceil)", ")"), (r"\\div", "/"),
     (r"\\arc", r"\\a"), (r"\\ln(?![a-zA-Z])", r"\\log"), (r"\\var(?=epsilon|theta|phi)", r"\\"))]
-_UNIT_TEX_RE = re.compile(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$")
-_UNIT_WORD_RE = re.compile(r"(?:\s+(?:[a-zA-Z]{2,}\.?|m(?=\^)))+(?:\^\{?\d\}?)?$")  # 5 ft, 5 m^2
 _LEADING_NUM_RE = re.compile(r"[-+]?(?:\d|\.\d|\\frac\{?\d|\\sqrt)")
-_NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?")
 _FRAC_RE = re.compile(r"\\frac\s*(?:\{\s*(-?\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))")
-_REPEAT_RE = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?")
 
 
 def _norm(s):
@@ -1733,10 +1729,10 @@ def _norm(s):
     for pat, rep in _NORM_SUBS:
         s = pat.sub(rep, s)
     if lead := _LEADING_NUM_RE.match(s := s.strip()):  # units only after a number: a bare `m`, `2m` survive
-        s = _UNIT_TEX_RE.sub("", s).strip() or s
+        s = re.sub(r"(?:" + _TEXT_CMD + r"\{[^{}]*\}(?:\^\{?\d\}?)?\s*)+$", "", s).strip() or s  # \text{ cm}^2
     s = re.sub(r"\s+", " ", re.sub(_TEXT_CMD + r"\{([^{}]*)\}", lambda m: f" {m[1]} ", s)).strip()
     s = re.sub(r"(?<!\.)\.$", "", s).strip()  # a full stop; an ellipsis is part of the answer
-    s = _UNIT_WORD_RE.sub("", s) or s if lead else s
+    s = re.sub(r"(?:\s+(?:[a-zA-Z]{2,}\.?|m(?=\^)))+(?:\^\{?\d\}?)?$", "", s) or s if lead else s  # 5 ft, 5 m^2
     s = s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) else s  # 1,000,000 but not 1,2
     return re.sub(r"^(\d+)_\{?\d+\}?$|^\(([A-E])\)$", lambda m: m[1] or m[2], s)  # base 204_5 -> 204; (B) -> B
 
@@ -1746,10 +1742,10 @@ def _to_number(s):  # exact Fraction of a numeric literal (int, decimal, 4e3, a/
     try:
         if m := re.fullmatch(r"([-+]?) *(?:(\d+) +)?(-?\d+/\d+)", s):  # a/b or a mixed number `2 1/2`
             v = int(m[2] or 0) + Fraction(m[3])
-        elif m := _REPEAT_RE.fullmatch(s):  # 0.1\overline{6}
+        elif m := re.fullmatch(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?", s):  # 0.1\overline{6}
             v = Fraction(int(m[2] + m[3] + m[4]) - int(m[2] + m[3] or "0"), 10 ** len(m[3]) * (10 ** len(m[4]) - 1))
         else:
-            return Fraction(s) if _NUM_RE.fullmatch(s) else None
+            return Fraction(s) if re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?", s) else None
         return -v if m[1] == "-" else v
     except (ValueError, ZeroDivisionError):  # e.g. >4300-digit ints, x/0: not a plain number
         return None
