@@ -1078,8 +1078,7 @@ def frozen_copy(model, dtype):
     return ref
 
 
-def shard(scorer, device, compile_layers=False):
-    """FSDP2 on every GPU run and every multi-rank run; rank 0's weights are broadcast into the shards."""
+def shard(scorer, device, compile_layers=False):  # FSDP2 on GPUs and multi-rank runs; rank 0 broadcasts the weights
     layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
     for layer in layers if compile_layers else []:
         layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
@@ -1135,8 +1134,7 @@ def checkpoints(cfg):
     return mine
 
 
-def save_checkpoint(scorer, opt, state, cfg):
-    """Sharded model and optimizer (torch.distributed.checkpoint) and the run state; keeps the newest keep_ckpts."""
+def save_checkpoint(scorer, opt, state, cfg):  # dcp-sharded model and optimizer, run state; keeps the newest keep_ckpts
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     path = os.path.join(cfg.out, "ckpt", f"step_{state['step']}")
@@ -1154,8 +1152,7 @@ def save_checkpoint(scorer, opt, state, cfg):
         dist.barrier()
 
 
-def load_checkpoint(scorer, opt, cfg):
-    """The run state of the newest checkpoint that loads (model and optimizer loaded in place), or None."""
+def load_checkpoint(scorer, opt, cfg):  # run state of the newest intact checkpoint (model, optimizer in place), or None
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     for path in checkpoints(cfg):
@@ -1373,8 +1370,7 @@ def progress(iterable, desc, total=None):
 
 
 
-def make_engine(scorer, tok, cfg, device):
-    """Made once, after sharding (vLLM sizes its KV cache by what is left); weights are pushed before each generate."""
+def make_engine(scorer, tok, cfg, device):  # made once, after sharding (vLLM sizes its KV cache by what is left)
     backend, stop = pick_backend(cfg.rollout_backend), stop_token_ids(tok, scorer.policy.generation_config)
     print0(f"rollout backend: {backend}")
     config, dtype = scorer.policy.config, torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -1403,8 +1399,7 @@ def vllm_memory(free, total, adam):  # the automatic --vllm_gpu_memory, leaving 
                      f"AdamW needs {adam / 2 ** 30:.1f}: no room for vLLM; use more GPUs or --rollout_backend hf")
 
 
-def evaluate(engine, scorer, rows, tok, cfg):
-    """Greedy held-out accuracy (overall, per group of rows) and completions: rank 0 generates, every rank gets them."""
+def evaluate(engine, scorer, rows, tok, cfg):  # greedy accuracy (overall, per group) and texts, broadcast from rank 0
     engine.load_weights(full_params(scorer.policy))
     gens = engine.generate([r["prompt"] for r in rows] if rank0() else [], n=1, max_tokens=cfg.max_new_tokens)
     out = [None]
@@ -1453,8 +1448,7 @@ def cut_at_stop(ids, stop_ids):  # the tokens up to and including the first stop
     return next((ids[:k + 1] for k, t in enumerate(ids) if t in stop_ids), ids)
 
 
-def stop_token_ids(tok, generation_config=None):
-    """Where generation stops, as vLLM stops the authors' rollouts: the tokenizer's EOS and the model's own EOS ids."""
+def stop_token_ids(tok, generation_config=None):  # tokenizer's and model's EOS ids, as vLLM stops the authors' rollouts
     eos = getattr(generation_config, "eos_token_id", None)
     return sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
 
