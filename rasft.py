@@ -101,7 +101,6 @@ from torch.utils.checkpoint import checkpoint
 # 1. Config: one source of defaults (argparse is generated from it); the authors' values per loss.
 
 
-
 @dataclasses.dataclass
 class Config:
     # model
@@ -204,9 +203,7 @@ def per_loss(cfg, name):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 2. Solvability weighting: calibration, the window, routing, the rollout filter, group rewards -> advantages.
-#    Pure functions of numbers and texts.
-
+# 2. Solvability weighting: calibration, window, routing, the rollout filter, advantages. Numbers and texts in, out.
 
 
 QUANTILES = dict(easy_floor="q_easy", start_low="q_start_low", start_high="q_start_high",
@@ -299,8 +296,7 @@ def _unwrapped(box):  # the authors' clean-up of a box's content, one replacemen
 
 
 def graded(text, target, cfg):
-    """What a rollout is verified on: under the authors' filter a math rollout's answer is their box (re-boxed
-    for the verifier; none without one), else the verifier extracts it from the whole text."""
+    """What a rollout is verified on: under the authors' filter a math rollout's last box (theirs), else all of it."""
     if cfg.rollout_filter != "authors" or "answer" not in target:
         return text
     box = authors_box(text.strip())
@@ -335,8 +331,7 @@ def broken_rule(text, target, cfg):
 
 
 def score_group(texts, correct, target, cfg):
-    """De-duplicate, drop malformed, split into positives and kept negatives. Returns (n_samples after
-    de-duplication, indices of positives, number of negatives kept, number of distinct ones dropped as malformed)."""
+    """De-duplicate, drop malformed, split: (k distinct, indices of positives, k_neg negatives kept, k malformed)."""
     grams, kept = [ngrams(t) for t in texts], []
     for i in range(len(texts)):
         if all(jaccard(grams[i], grams[j]) < cfg.dup_jaccard for j in kept):
@@ -404,7 +399,6 @@ KL_LOSSES = ("sft_kl", "asft")  # the losses that need the reference's full dist
 # 4. Training: train() is the loop; its parts follow in the order it calls them.
 
 
-
 def train(cfg):
     """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (or None)."""
     run = set_up(cfg)                              # model, data, engine, optimizer; the run state
@@ -414,8 +408,8 @@ def train(cfg):
 
 
 def set_up(cfg):
-    """Everything the loop uses, each check before any training: --out held, the model, the data, the tiny model's
-    warm-up, the frozen reference, the sharded scorer, the rollout engine, AdamW, the run state."""
+    """Everything the loop uses, each checked before any training starts: --out, model, data, the tiny model's
+    warm-up, reference, sharded scorer, rollout engine, AdamW, run state."""
     device = setup_dist()
     torch.manual_seed(cfg.seed)
     claim_out(cfg)
@@ -436,8 +430,7 @@ def set_up(cfg):
     compiled = cfg.compile == "true" or cfg.compile == "auto" and device.type == "cuda"
     scorer = shard(Scorer(policy, ref, cfg.logp_chunk), device, compiled)
     engine = make_engine(scorer, tok, cfg, device) if adaptive or heldout else None
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = types.SimpleNamespace(cfg=cfg, device=device, tok=tok, items=items, heldout=heldout, adaptive=adaptive,
                                 scorer=scorer, engine=engine, opt=opt, acc0=None, t_start=time.time())
     run.state = load_checkpoint(scorer, opt, cfg) if cfg.resume else None
@@ -464,9 +457,8 @@ def start_state(run):
 
 
 def next_batch(run):
-    """The next global batch off the queue, or None at the end. Routes (all of the data before the first step;
-    --sliding: until the queue holds a batch), refreshes when one is due, and at the end of the data queues the
-    hard pool as expert items (so hard items are trained at least twice)."""
+    """The next global batch off the queue, or None at the end: routes (all data before the first step; --sliding:
+    until a batch is queued), refreshes when due, and at the end of the data queues the hard pool (trained twice)."""
     cfg, state = run.cfg, run.state
     if cfg.max_steps and state["step"] >= cfg.max_steps:
         return None
@@ -485,8 +477,7 @@ def next_batch(run):
     if not state["queue"]:
         return None
     left = len(state["queue"]) + len(state["order"]) - state["cursor"] + len(state["pending"]) + len(state["hard"])
-    planned = max(state["total"], state["step"] + math.ceil(left / cfg.batch_size))
-    state["total"] = min(planned, cfg.max_steps or math.inf)
+    state["total"] = min(max(state["total"], state["step"] + math.ceil(left / cfg.batch_size)), cfg.max_steps or math.inf)
     batch, state["queue"] = state["queue"][:cfg.batch_size], state["queue"][cfg.batch_size:]
     return batch
 
@@ -551,8 +542,7 @@ def new_state(items, cfg):
 
 
 def expert(i, adv, state):
-    """A queue entry: item i, response (token ids; None: the item's own expert response), adv (A), ref_logp
-    (the response's mean log-prob under the reference: rho's reference term)."""
+    """A queue entry: item i, response (token ids; None: its expert's), adv (A), ref_logp (rho's reference term)."""
     return {"item": i, "response": None, "adv": adv, "ref_logp": state["ref_logp"][i] if state["ref_logp"] else 0.0}
 
 
@@ -565,10 +555,8 @@ def route_chunk(state, scorer, items, cfg, device, adaptive):
     if not adaptive:
         state["queue"] += [expert(i, 1.0, state) for i in ids]
         return
-    if cfg.sliding:
-        losses = [-lp for lp in measure(scorer, [expert(i, 1.0, state) for i in ids], items, "policy", cfg, device)]
-    else:
-        losses = [-state["ref_logp"][i] for i in ids]
+    losses = ([-lp for lp in measure(scorer, [expert(i, 1.0, state) for i in ids], items, "policy", cfg, device)]
+              if cfg.sliding else [-state["ref_logp"][i] for i in ids])  # the current loss, or the step-0 one
     low, high = window(state, cfg)
     routes = [route(x, low, high, state["thresholds"]) if items[i]["target"] else "other" for i, x in zip(ids, losses)]
     for i, r, x in zip(ids, routes, losses):
@@ -618,8 +606,7 @@ def refresh(run):
 
 
 def pick_pending(state, cfg, rng):
-    """Take all pending items: a random rollout_frac of them (at least one) to roll out, the rest queued as the
-    expert with A = 1. Occurrences, not items: an item pending in several epochs keeps each."""
+    """Take all pending occurrences: a random rollout_frac (at least one) to roll out, the rest queued as the expert."""
     pending, state["pending"] = state["pending"], []
     picked = set(rng.sample(range(len(pending)), min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))))
     state["queue"] += [expert(i, 1.0, state) for j, i in enumerate(pending) if j not in picked]
@@ -627,9 +614,8 @@ def pick_pending(state, cfg, rng):
 
 
 def probe_hard(run, rng, low, chosen):
-    """Measure a random probe_frac of the hard pool (at least one) anew. Easier than the window: the item leaves
-    the pool, queued as the expert. Up to the hard ceiling: rolled out with the pending ones (it leaves the pool
-    once its group has signal). Harder still: it stays. Returns how many were probed."""
+    """Measure a random probe_frac of the hard pool (at least one) anew: easier than the window, it leaves the pool as
+    the expert; up to the hard ceiling, it is rolled out too (it leaves once its group has signal); harder, it stays."""
     state, cfg, hard = run.state, run.cfg, run.state["hard"]
     probes = sorted(rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard))))) if hard and cfg.probe_frac else []
     measured = measure(run.scorer, [expert(i, 1.0, state) for i in probes], run.items, "policy", cfg, run.device)
@@ -653,9 +639,8 @@ def queue_group(run, i, group, counts):
     k, pos, k_neg, malformed = score_group(texts, correct, run.items[i]["target"], run.cfg)
     adv = group_advantages(k, len(pos), k_neg, run.cfg)
     counts.update(samples=len(correct), correct=sum(correct), malformed=malformed)
-    state["records"][i].update(rollouts=len(correct), distinct=k, malformed=malformed, correct=len(pos),
-                               negatives=k_neg, pass_rate=round(len(pos) / max(k, 1), 3),
-                               expert_adv=round(adv[0], 4) if adv else 1.0,
+    state["records"][i].update(rollouts=len(correct), distinct=k, malformed=malformed, correct=len(pos), negatives=k_neg,
+                               pass_rate=round(len(pos) / max(k, 1), 3), expert_adv=round(adv[0], 4) if adv else 1.0,
                                rollout_adv=[round(a, 4) for a in adv[1]] if adv else [])
     if not adv:
         return [expert(i, 1.0, state)]
@@ -679,8 +664,8 @@ def rollout(engine, chosen, items, tok, cfg, step):
 
 
 def verify_all(pairs):
-    """verify() over (completion, target) pairs at once, before the next collective: math in forked processes
-    (each comparison under its hard timeout), code sandboxes in threads; the node's cores shared by its ranks."""
+    """verify() over (completion, target) pairs at once, before the next collective: math in forked processes under
+    hard timeouts, code sandboxes in threads; the node's cores shared by its ranks."""
     from concurrent.futures import ThreadPoolExecutor
     workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     maths = [k for k, (_, t) in enumerate(pairs) if "answer" in t]
@@ -693,8 +678,8 @@ def verify_all(pairs):
 
 
 def lr_at(step, total, cfg):
-    """Linear warmup from 0, then a cosine to min_lr over the horizon (0: the run's `total`): the authors'
-    schedules (transformers' get_cosine_schedule_with_warmup, whose first step has lr 0)."""
+    """Linear warmup from 0, then a cosine to min_lr over the horizon (0: the run's total): the authors' schedules
+    (transformers' get_cosine_schedule_with_warmup, whose first step has lr 0)."""
     horizon, warmup = per_loss(cfg, "horizon") or total, per_loss(cfg, "warmup")
     warm = int(warmup) if warmup >= 1 else math.ceil(warmup * horizon)
     if step < warm:
@@ -704,8 +689,8 @@ def lr_at(step, total, cfg):
 
 
 def train_step(scorer, opt, batch, items, cfg, device):
-    """One optimizer step on a global batch: this rank's share in micro-batches, the loss of each
-    divided by the global response-token count, so the gradient is the same for any split."""
+    """One optimizer step on a global batch, this rank's share in micro-batches: each loss divided by the global
+    response-token count, so the gradient is the same for any split."""
     n_tok = sum(len(response_of(s, items)) for s in batch)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, w, clip (token-weighted), tokens seen
     cap = row_cap(cfg, device)
@@ -734,10 +719,9 @@ def train_step(scorer, opt, batch, items, cfg, device):
 
 def micro_batches(samples, items, cfg, cap=0):
     """This rank's micro-batches, as lists of indices into samples. Samples are dealt longest first to the rank
-    with the fewest tokens so far; each rank places them, longest first, in the first micro-batch with room: rows
-    as collate() makes them, as wide as the micro-batch's first sample or cap, at most micro_tokens tokens in all
-    (on a GPU a forward's fixed cost outweighs the padding of fuller micro-batches: README). Every rank gets as
-    many micro-batches as the busiest (empty ones at the end): under FSDP each forward is a collective."""
+    with the fewest tokens so far; each rank places them, longest first, in the first micro-batch with room (rows as
+    collate() makes them, at most micro_tokens tokens in all: a forward's fixed cost outweighs the padding, README).
+    Every rank gets as many micro-batches as the busiest (empty ones at the end): under FSDP a forward is a collective."""
     order = sorted(range(len(samples)), key=lambda i: -seq_len(samples[i], items))
     shares, load = [[] for _ in range(world_size())], [0] * world_size()
     for i in order:
@@ -762,10 +746,9 @@ def micro_batches(samples, items, cfg, cap=0):
 
 
 def collate(samples, items, device, cap=None):
-    """Rows of input_ids, right-padded to a multiple of PAD: a sequence each (cap None), or packed: longest first,
-    each into the first row with room for it, rows of max(cap, longest sequence) tokens, with position_ids that
-    restart at 0 for each sequence, so that no token attends across a boundary (hidden()). No attention mask: no
-    real token sees the padding on its right. resp_mask (R, T-1) marks positions whose next token is a response's."""
+    """Rows of input_ids padded to a multiple of PAD: a sequence each (cap None), or packed as micro_batches() placed
+    them, in rows of max(cap, longest) tokens with position_ids restarting at 0 per sequence (hidden()). No attention
+    mask: no real token sees the padding on its right. resp_mask (R, T-1): positions whose next token is a response's."""
     seqs = [(items[s["item"]]["prompt"], response_of(s, items)) for s in samples]
     cols = [(torch.tensor(p + r), torch.arange(len(p) + len(r)), torch.full((len(p) + len(r),), k),
              torch.arange(len(p) + len(r)) >= len(p)) for k, (p, r) in enumerate(seqs)]  # ids, pos, seq, resp
@@ -813,8 +796,7 @@ def autocast(device):
 
 @torch.no_grad()
 def measure(scorer, samples, items, which, cfg, device):
-    """Mean token log-prob of each sample's response under `which` (policy or ref); item loss = -this.
-    Split over ranks in token-budget micro-batches, gathered everywhere in the order of samples."""
+    """Mean token log-prob of each sample's response under `which` (policy or ref), split over ranks, gathered in order."""
     out, cap = [], row_cap(cfg, device)
     for mb in progress(micro_batches(samples, items, cfg, cap), f"measure {which}"):
         b = collate([samples[i] for i in mb] or samples[:1], items, device, cap)  # an empty one: a forward for FSDP
@@ -867,19 +849,16 @@ PACKED_ATTN = "flex_attention"  # packed rows on GPUs: its block mask skips the 
 
 
 def hidden(model, input_ids, position_ids=None):
-    """Position ids that restart at 0 with no attention mask and no cache: transformers then keeps attention within
-    each sequence (masking_utils.find_packed_sequence_indices). Set once: a compiled layer recompiles on a change."""
+    """Packed rows: position ids restarting at 0, with no mask and no cache, keep attention within each sequence
+    (transformers' find_packed_sequence_indices). The kernel is set once: a compiled layer recompiles on a change."""
     if position_ids is not None and input_ids.is_cuda and model.config._attn_implementation != PACKED_ATTN:
         model.set_attn_implementation(PACKED_ATTN)
     return model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
 
-# ---------------------------------------------------------------------------------------------------
-# Below: plumbing. Nothing below this line changes the method.
 # ===================================================================================================
-#
+# Below: plumbing. Nothing below this line changes the method.
 # 5. Data: rows -> items {prompt, response (token ids), target (gold answer or unit tests)}.
-
 
 
 PRESETS = {"numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
@@ -1004,8 +983,8 @@ def build_items(rows, cfg, tok):
 
 
 def held_out(items, cfg, tok):
-    """(training items, held-out items): the demo task's own held-out problems, or eval_items of the data's
-    items with a target, chosen by a hash of the prompt (the same for any seed), which are not trained on."""
+    """(training items, held-out items): the demo's own held-out problems, or eval_items of the items with a target,
+    chosen by a hash of the prompt (the same for any seed); held-out items are never trained on."""
     if cfg.data in ("demo", "demo_shift") or not cfg.eval_items:
         return items, demo_heldout(cfg, tok) if cfg.data in ("demo", "demo_shift") and cfg.eval_items else []
     with_target = [i for i, it in enumerate(items) if it["target"]]
@@ -1030,7 +1009,6 @@ def end_token_id(tok):
 
 # ---------------------------------------------------------------------------------------------------
 # 6. Model: load, shard with FSDP2, save in Hugging Face format; checkpoints, resume, the lock on --out, metrics.
-
 
 
 def load_tokenizer(cfg):
@@ -1115,8 +1093,8 @@ def save_hf(model, tok, path, cfg=None):
 
 
 def checkpoints(cfg):
-    """Complete checkpoints in --out/ckpt, newest first (state.pt is written last, and atomically), the same on
-    every rank: rank 0 alone writes state.pt, so ranks that see others have no shared --out, and the run stops."""
+    """Complete checkpoints in --out/ckpt, newest first (state.pt is written last, atomically); every rank
+    must see the same ones (rank 0 alone writes state.pt): else --out is not shared, and the run stops."""
     d = os.path.join(cfg.out, "ckpt")
     steps = sorted((int(n[5:]) for n in os.listdir(d) if re.fullmatch(r"step_\d+", n)), reverse=True) if os.path.isdir(d) else []
     mine = [p for s in steps if os.path.exists(os.path.join(p := os.path.join(d, f"step_{s}"), "state.pt"))]
@@ -1218,7 +1196,6 @@ def emit(log, run, record):
 # 7. CLI: argparse generated from Config; every flag checked in one place.
 
 
-
 class UsageError(ValueError):
     """A mistake a user can fix (a flag, a file, a path); main() prints it as one line and exits with 2."""
 
@@ -1285,7 +1262,6 @@ def _str2bool(s):
 
 # ---------------------------------------------------------------------------------------------------
 # 8. Distributed: replicated state, sharded work.
-
 
 
 def setup_dist():
@@ -1358,7 +1334,6 @@ def progress(iterable, desc, total=None):
 # ---------------------------------------------------------------------------------------------------
 # 9. Rollout engines: one interface, two backends. generate() returns, per prompt, n lists of token ids (max_tokens:
 #    one budget, or one per prompt), cut after the first of stop_ids; load_weights() takes (name, full tensor) pairs.
-
 
 
 def make_engine(scorer, tok, cfg, device):  # made once, after sharding (vLLM sizes its KV cache by what is left)
@@ -1561,7 +1536,6 @@ def close_vllm():
 
 # ---------------------------------------------------------------------------------------------------
 # 10. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
-
 
 
 def verify(completion, target):
@@ -2083,7 +2057,6 @@ def verify_code(completion, tests, entry_point=None, prefix="", timeout=10.0):
 # 11. Demo task (tiny model, two-step arithmetic) and main.
 
 
-
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 DEMO_WARMUP_LR = 2e-3  # from random weights; the method then fine-tunes at the 10x lower demo lr: a fresh
@@ -2130,8 +2103,7 @@ def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
 
 
 def demo_task(cfg, heldout):
-    """The demo's rows: running-style 3-number sums; demo_shift: half 3-number sums (which the warmed-up policy
-    solves in its running style) and half 4-number sums, both written in the grouped style."""
+    """The demo's rows: running-style 3-number sums; demo_shift: grouped-style 3- and 4-number sums, half each."""
     k, seed = (cfg.eval_items, 12345) if heldout else (DEMO_TRAIN, cfg.seed)
     return demo_rows(k, seed, heldout) if cfg.data == "demo" else [
         r for numbers in (3, 4) for r in demo_rows(k // 2, seed + numbers, heldout, numbers, "grouped")]
@@ -2143,8 +2115,8 @@ def demo_heldout(cfg, tok):
 
 
 def warm_up(cfg):
-    """The method starts from a model that solves some problems: warm the random tiny model up with plain SFT, as
-    the demo does whatever the data (the user's flags are for the user's data); then point cfg at it."""
+    """Warm the random tiny model up with the demo's own plain SFT, whatever the data (the user's flags are for the
+    user's data), so that the method starts from a model that solves some problems; cfg then points at it."""
     steps = min(cfg.demo_warmup, cfg.max_steps or cfg.demo_warmup)
     warm = dataclasses.replace(parse_args(["--loss", "sft", "--warmup", "0"]), max_steps=steps, epochs=steps,
                                seed=cfg.seed + 1, lr=DEMO_WARMUP_LR, min_lr=DEMO_WARMUP_LR / 10, demo_warmup=0,
