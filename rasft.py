@@ -119,7 +119,7 @@ class Config:
     max_items: int = 0                 # use the first N items (0 = all)
     max_len: int = 2048                # tokens, prompt + response; longer responses are cut (see keep_end)
     min_response: int = 18             # tokens (end token included); items whose prompt leaves fewer are dropped
-    keep_end: bool = None              # a response cut to max_len keeps its end token (None: the loss's own, below)
+    keep_end: bool = None              # a response cut to max_len keeps its end token
     system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}."  # math items ('' = none)
     code_prompt: str = "Write a complete, self-contained Python solution in a single ```python code block."  # code items
     # rollouts
