@@ -430,11 +430,8 @@ def _slash_to_frac(s):
     return "\\frac{%s}{%s}" % tuple(parts) if len(parts) == 2 and all(map(_int_or_sqrt, parts)) else s
 
 
-def _int_or_sqrt(x):
-    try:
-        return "sqrt" in x or str(int(x)) == x
-    except ValueError:
-        return False
+def _int_or_sqrt(x):  # "sqrt" in it, or an integer as Python writes one (str(int(x)) == x)
+    return "sqrt" in x or re.fullmatch(r"0|-?[1-9][0-9]*", x) is not None
 
 
 def _word_number(s):

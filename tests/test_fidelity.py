@@ -208,6 +208,13 @@ def test_sliding_routes_just_in_time_by_the_current_policys_loss(monkeypatch):
     state["ref_logp"], state["thresholds"] = [-x for x in losses], rasft.calibrate(losses, cfg)
     rasft.route_chunk(state, None, items, cfg, None, adaptive=True)
     assert state["cursor"] == 10 and all(state["records"][i]["loss"] == pytest.approx(easier[i]) for i in range(10))
+    # through the loop: --sliding routes chunks only until a batch is queued; by default all before the first step
+    for sliding, routed_all in (("true", False), ("false", True)):
+        cfg = cfg_of("--sliding", sliding, "--route_chunk", "10", "--batch_size", "8")
+        state = rasft.new_state(items, cfg)
+        state["ref_logp"], state["thresholds"] = [-x for x in losses], rasft.calibrate(losses, cfg)
+        run = types.SimpleNamespace(cfg=cfg, state=state, scorer=None, items=items, device=None, adaptive=True)
+        assert len(rasft.next_batch(run)) == 8 and (state["cursor"] == len(losses)) == routed_all
 
 
 def test_reference_in_bf16_equals_the_step_0_policy_as_fsdp_computes_it(tok):
