@@ -1,61 +1,67 @@
 """
 RASFT: Rollout-Adaptive Supervised Fine-Tuning (arXiv 2606.07006), in one file.
 
-Plain SFT imitates one expert solution per problem. RASFT first asks, per problem, how solvable it is for the
-current policy, and re-weights the expert's supervision by the answer: problems of middling difficulty are
-probed with verified on-policy rollouts; where the policy struggles the expert keeps most of the signal, where
-it already succeeds its own correct solutions join the training data with a weak, capped advantage. A clipped
-ratio to the frozen reference keeps the policy near where it began.
+Plain SFT imitates one expert solution per problem. RASFT first asks how solvable each problem is
+for the current policy, and re-weights the expert's supervision by the answer: problems of middling
+difficulty are probed with verified on-policy rollouts; where the policy struggles the expert keeps
+most of the signal, where it already succeeds its own correct solutions join the data with a weak,
+capped advantage. A clipped ratio to the frozen reference keeps the policy near its start.
 
 The loss, per sequence with advantage A and response tokens y_t (sg = stop-gradient):
     rho = clip( exp( mean_t log pi_ref(y_t) - mean_t log pi(y_t) ), ratio_low, ratio_high )
     w_t = sg[ rho * A * pi(y_t | x, y_<t) ]
     L   = sum_t w_t * (-log pi(y_t)) / (response tokens in the global batch)
 
-One problem's life (x the problem, y* the expert's solution, a gold answer or unit tests to verify against):
- 1. Calibration, before the first step: ell(x) = mean token NLL of y* under the starting policy, which is the
-    reference, so the same pass gives mean log pi_ref(y*) for rho. Quantiles of ell over all items: the thresholds.
+One problem's life (x the problem, y* the expert's solution, a gold answer or unit tests to verify):
+ 1. Calibration, before the first step: ell(x) = mean token NLL of y* under the starting policy,
+    which is the reference, so the same pass gives mean log pi_ref(y*) for rho. Quantiles of ell
+    over all items: the thresholds.
  2. Routing, also before the first step, by ell(x) against the window at step 0, [q.20, q.45]:
         ell <= q.10             easy     queued as the expert, A = 1
         low <= ell <= high      pending  waits for the next refresh
         high < ell <= q.90      hard     queued as the expert, A = 1, and kept in the hard pool
-        anything else           other    queued as the expert, A = 1 (as easy; so is an item with nothing to verify)
-    The window slides toward [q.50, q.75] by step / horizon (1000 steps, the authors': 3% by step 32).
- 3. A refresh, every 32 steps and whenever the queue runs dry, while items are pending. It takes all of them:
+        anything else           other    as easy (so is an item with nothing to verify)
+    The window slides toward [q.50, q.75] by step / horizon (the authors' 1000: 3% by step 32).
+ 3. A refresh every 32 steps, or when the queue runs dry, while items are pending. It takes all of
+    them, so with every item routed before the first step a run has one (--sliding true: many):
       - a random 35% is rolled out; the other 65% is queued as the expert, A = 1;
-      - max(1, 3%) of the hard pool is probed (ell measured anew): easier than the window, it leaves the pool and is
-        queued as the expert; at most q.90, it is rolled out too; harder, it stays (and may be probed again);
-      - n = 3 samples each; near-duplicates dropped (k = those left); malformed ones dropped (the authors' filter);
-        the rest verified: k_pos correct, up to 3 wrong ones kept for the statistics (k_neg).
+      - max(1, 3%) of the hard pool is probed (ell measured anew): easier than the window, it leaves
+        the pool and is queued as the expert; at most q.90, it is rolled out too; harder, it stays;
+      - n = 3 samples each; near-duplicates dropped (k = those left); malformed ones dropped (the
+        authors' filter); the rest verified: k_pos correct, up to 3 wrong ones kept for the
+        statistics (k_neg).
  4. A group with signal (k_pos > 0 and rewards not all equal):
-        d = 1 - k_pos / k,  r* = 1 + 2 d,  rewards [r*, 1 per correct, 0 per kept wrong],  z = standardized rewards
-        A_i = tanh(0.4 z_i),  s = 1 / (1 + k_pos)
-        the expert:         A = A_0 s                          0.155 to 0.278 for n = 3: well below 1
-        each correct one:   A = 0.25 clip(A_i s, 0.02, 0.15)   in [0.005, 0.0375]: weak, never negative
-    No signal (no correct sample, or all correct): the expert alone, A = 1, and no rollout is trained. A hard-pool
-    item leaves the pool only once its group has signal.
- 5. End of data: the hard pool is queued as the expert (so a hard item is trained at least twice), the queue
-    drains, and the model is saved in Hugging Face format.
+        d = 1 - k_pos / k,  r* = 1 + 2 d,  rewards [r*, 1 per correct, 0 per kept wrong]
+        z = standardized rewards,  A_i = tanh(0.4 z_i),  s = 1 / (1 + k_pos)
+        the expert:        A = A_0 s                         0.155 to 0.278 for n = 3: well below 1
+        each correct one:  A = 0.25 clip(A_i s, 0.02, 0.15)  0.005 to 0.0087: weak, never negative
+    No signal (no correct sample, or all correct): the expert alone, A = 1, and no rollout is
+    trained. A hard-pool item leaves the pool only once its group has signal.
+ 5. End of data: the hard pool is queued as the expert (so a hard item is trained at least twice),
+    the queue drains, and the model is saved in Hugging Face format.
 
 Commands:
     python rasft.py                                           # CPU demo: tiny model, ~1.5 minutes
     torchrun --nproc_per_node 8 rasft.py --model Qwen2.5-7B   # the paper's math run
     python rasft.py --help                                    # every flag, with its default
+    python rasft.py --loss sft                                # plain SFT (README: the baselines)
 
 Paper symbol -> name in this file:
-    ell(x)              item loss: minus the mean log-prob of y*          measure(), records' "loss"
-    q.10 ... q.90       calibration quantiles                             calibrate(), thresholds
+    ell(x)              item loss: minus the mean log-prob of y*         measure(), records' "loss"
+    q.10 ... q.90       calibration quantiles                            calibrate(), thresholds
     [low, high]         the window at step t of the horizon              window_at(), window()
-    n, k, k_pos, k_neg  samples, distinct ones, correct, kept wrong      rollout_n, score_group(), group_advantages()
+    n, k, k_pos, k_neg  samples, distinct ones, correct, kept wrong      rollout_n, score_group(),
+                                                                         group_advantages()
     d, r*               difficulty, expert reward                        group_advantages()
     A_i, s              soft advantage tanh(0.4 z), damping 1/(1+k_pos)  group_advantages()
     rho                 clipped inverse probability ratio                loss_rasft()
 
-The defaults are the authors' run (README: "The authors' run, flag by flag"); --sliding gives the paper's
-description instead (a window that slides over the run, items routed just in time). Departures, on purpose: rho's
-reference term is computed once per sequence, so no reference forward runs in the step; log-probs in chunks, no
-[B, T, vocab] tensor; a global batch and loss normalization that do not depend on the number of ranks or
-micro-batches; fp32 master weights; calibration on all items; a verifier that never takes "the last number".
+The defaults are the authors' run (README: "The authors' run, flag by flag"); --sliding true gives
+the paper's description instead (a window that slides over the run, items routed just in time).
+Departures, on purpose: rho's reference term is computed once per sequence, so the step runs no
+reference forward; log-probs in chunks, no [B, T, vocab] tensor; a global batch and loss
+normalization independent of the number of ranks or micro-batches; fp32 master weights; calibration
+on all items; a verifier that never takes "the last number".
 """
 
 import argparse
@@ -92,40 +98,45 @@ import sympy
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr, rationalize,
-                                        standard_transformations)
+from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application,
+                                        parse_expr, rationalize, standard_transformations)
 from torch.utils.checkpoint import checkpoint
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # 1. Config: one source of defaults (argparse is generated from it); the authors' values per loss.
 
 
 @dataclasses.dataclass
 class Config:
     # model
-    model: str = "tiny"                # Hub id, local path, short Qwen name (Qwen2.5-7B), or 'tiny' (demo model built in code)
+    model: str = "tiny"                # Hub id, local path, short Qwen name, or 'tiny' (the demo's)
     act_ckpt: bool = True              # activation checkpointing of decoder layers
-    compile: str = "auto"              # torch.compile each decoder layer: auto (on GPUs) | true | false
+    compile: str = "auto"              # torch.compile decoder layers: auto (on GPUs) | true | false
     # data
-    data: str = ""                     # Hub dataset id, local .jsonl/.json/.parquet, a preset (numina_cot_10k, kodcode), 'demo' or 'demo_shift'; '' = demo for tiny, else numina_cot_10k
+    data: str = ""                     # Hub dataset id, local .jsonl/.json/.parquet, a preset
+                                       # (numina_cot_10k, kodcode), 'demo' or 'demo_shift'; '' =
+                                       # demo for tiny, else numina_cot_10k
     data_files: str = ""               # file(s) inside a Hub dataset, comma separated
     split: str = "train"               # dataset split
     prompt_field: str = ""             # field with the problem ('' = preset or auto-detect)
     response_field: str = ""           # field with the expert solution
-    answer_field: str = ""             # field with the gold answer ('' = auto; else last \boxed{} of the response)
+    answer_field: str = ""             # gold answer field ('' = auto, else the expert's own answer)
     tests_field: str = ""              # field with unit tests (code items)
     entry_field: str = ""              # field with the function name (code items)
     max_items: int = 0                 # use the first N items (0 = all)
-    max_len: int = 2048                # tokens, prompt + response; longer responses are cut (see keep_end)
-    min_response: int = 18             # tokens (end token included); items whose prompt leaves fewer are dropped
+    max_len: int = 2048                # tokens, prompt + response; longer responses cut (keep_end)
+    min_response: int = 18             # tokens (end token included); items whose prompt leaves
+                                       # fewer are dropped
     keep_end: bool = None              # a response cut to max_len keeps its end token
-    system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}."  # math items ('' = none)
-    code_prompt: str = "Write a complete, self-contained Python solution in a single ```python code block."  # code items
+    system_prompt: str = "Please reason step by step, " \
+                         "and put your final answer within \\boxed{}."  # math items ('' = none)
+    code_prompt: str = "Write a complete, self-contained Python solution " \
+                       "in a single ```python code block."  # code items
     # rollouts
-    adaptive: bool = True              # rollout-adaptive supervision (off: every item is an expert item with A = 1)
+    adaptive: bool = True              # rollout-adaptive (off: every item is an expert item, A = 1)
     rollout_backend: str = "auto"      # auto | vllm | hf
-    vllm_gpu_memory: float = 0.0       # share of GPU memory for the colocated vLLM engine (0 = 85% of what training leaves)
+    vllm_gpu_memory: float = 0.0       # vLLM's GPU memory share (0 = 85% of what training leaves)
     rollout_n: int = 3                 # samples per rolled-out prompt
     temperature: float = 0.9           # sampling temperature of rollouts
     top_p: float = 0.95                # nucleus sampling of rollouts
@@ -134,20 +145,21 @@ class Config:
     refresh_every: int = 32            # optimizer steps between refreshes
     rollout_frac: float = 0.35         # share of pending items rolled out at a refresh
     probe_frac: float = 0.03           # share of the hard pool probed at a refresh (at least one)
-    route_chunk: int = 128             # items routed at a time (the authors queue a chunk's easy, hard, other in turn)
-    rollout_filter: str = "authors"    # authors: their malformed-rollout rules | minimal: an answer and no loop
+    route_chunk: int = 128             # items routed at a time (authors: easy, hard, other in turn)
+    rollout_filter: str = "authors"    # authors: their malformed-rollout rules | minimal: an answer
+                                       # and no loop
     # weighting
     q_easy: float = 0.10               # quantile of item loss below which an item is easy
     q_start_low: float = 0.20          # window at the first step
     q_start_high: float = 0.45         # (upper end)
     q_end_low: float = 0.50            # window at the last step
     q_end_high: float = 0.75           # (upper end)
-    q_hard: float = 0.90               # hard-pool ceiling (authors' code: 0.95)
-    sliding: bool = False              # the paper's sliding window: over the run's length, items routed just in time
+    q_hard: float = 0.90               # hard-pool ceiling (their README's run; their code: 0.95)
+    sliding: bool = False              # the paper's window: over the run, items routed just in time
     r_min: float = 1.0                 # expert reward at difficulty 0
     r_max: float = 3.0                 # expert reward at difficulty 1
     adv_temp: float = 0.4              # A_i = tanh(adv_temp * z_i)
-    pos_scale: float = 0.25            # positive rollout: A = pos_scale * clip(A_i * s, pos_min, pos_max)
+    pos_scale: float = 0.25            # positive: A = pos_scale * clip(A_i * s, pos_min, pos_max)
     pos_min: float = 0.02              # (floor)
     pos_max: float = 0.15              # (cap)
     dup_jaccard: float = 0.82          # word 3-gram Jaccard above which two samples are duplicates
@@ -161,17 +173,17 @@ class Config:
     ratio_high: float = 1.2            # (upper bound)
     token_weight: bool = True          # rasft: DFT token weight sg[pi(y_t)] (off: 1)
     kl_coef: float = 0.1               # sft_kl, asft
-    kl_dir: str = "ref_theta"          # KL(ref||theta) as the authors, or theta_ref as the ASFT paper
+    kl_dir: str = "ref_theta"          # KL(ref||theta) as the authors, theta_ref as the ASFT paper
     profit_p: float = 0.1              # profit: train only tokens with probability above this
     logp_chunk: int = 1024             # response tokens per chunk of the vocabulary projection
     # optim
     batch_size: int = 256              # sequences per optimizer step, all ranks together
-    micro_tokens: int = 16384          # tokens per forward, per rank, padding included (sequences sorted by length)
-    packing: bool = True               # sequences share rows, attention kept within each (false: a padded row per sequence)
+    micro_tokens: int = 16384          # padded tokens per forward and rank (sorted by length)
+    packing: bool = True               # sequences share rows, masked apart (false: padded rows)
     lr: float = 5e-5                   # peak learning rate of AdamW
     min_lr: float = 0.0                # the cosine ends here
-    warmup: float = None               # linear warmup from 0: a share of the horizon if < 1, else steps
-    horizon: int = None                # steps of the lr cosine and of the window's slide; 0 = the run's own length
+    warmup: float = None               # linear, from 0: a share of the horizon if < 1, else steps
+    horizon: int = None                # steps of lr cosine and window slide; 0 = the run's length
     weight_decay: float = 0.0          # AdamW
     grad_clip: float = 1.0             # global gradient norm clip
     epochs: int = 1                    # passes over the data
@@ -180,18 +192,19 @@ class Config:
     seed: int = 42                     # every random decision derives from it (and the step)
     # log
     out: str = "out"                   # output folder: metrics.jsonl, checkpoints, final model
-    save_every: int = 0                # optimizer steps between checkpoints (0 = only the final model)
+    save_every: int = 0                # steps between checkpoints (0 = only the final model)
     resume: bool = False               # continue from the latest checkpoint in --out
     wandb: str = ""                    # wandb project name ('' = off)
     keep_ckpts: int = 2                # newest checkpoints kept in --out/ckpt
-    demo_warmup: int = 400             # tiny model only: SFT steps from random init before the method starts
-    eval_items: int = 0                # items held out of the data (with a target), verified before and after
+    demo_warmup: int = 400             # tiny model: SFT steps from random init, before the method
+    eval_items: int = 0                # held-out items (with a target), verified before and after
 
 
-# What the authors ran for each loss, for the Config fields left at None. RASFT (train_RASFT.py): 4 warmup steps and
-# one 1000-step horizon for the cosine and the window while its data lasts ~59 steps (so the lr stays ~peak and the
-# window near its start), the data in file order, a cut response keeps its end token. The baselines (train_v2.py,
-# HF Trainer): 10% warmup and a cosine over the run, shuffled data, a cut response loses its end token.
+# What the authors ran for each loss, for the Config fields left at None. RASFT (train_RASFT.py):
+# 4 warmup steps and one 1000-step horizon for the cosine and the window while its data lasts ~59
+# steps (so the lr stays ~peak and the window near its start), the data in file order, a cut
+# response keeps its end token. The baselines (train_v2.py, HF Trainer): 10% warmup and a cosine
+# over the run, shuffled data, a cut response loses its end token.
 LOSS_DEFAULTS = {"rasft": dict(warmup=4, horizon=1000, shuffle=False, keep_end=True),
                  "baselines": dict(warmup=0.1, horizon=0, shuffle=True, keep_end=False)}
 
@@ -199,11 +212,13 @@ LOSS_DEFAULTS = {"rasft": dict(warmup=4, horizon=1000, shuffle=False, keep_end=T
 def per_loss(cfg, name):
     """cfg.<name>, or the authors' value for cfg.loss where it is None."""
     value = getattr(cfg, name)
-    return LOSS_DEFAULTS["rasft" if cfg.loss == "rasft" else "baselines"][name] if value is None else value
+    if value is None:  # not given: what the authors ran with this loss
+        value = LOSS_DEFAULTS["rasft" if cfg.loss == "rasft" else "baselines"][name]
+    return value
 
 
-# ---------------------------------------------------------------------------------------------------
-# 2. Solvability weighting: calibration, window, routing, the rollout filter, advantages. Numbers and texts in, out.
+# --------------------------------------------------------------------------------------------------
+# 2. Solvability weighting: calibration, window, routing, the filter, advantages; pure functions.
 
 
 QUANTILES = dict(easy_floor="q_easy", start_low="q_start_low", start_high="q_start_high",
@@ -211,7 +226,7 @@ QUANTILES = dict(easy_floor="q_easy", start_low="q_start_low", start_high="q_sta
 
 
 def calibrate(losses, cfg):
-    """Thresholds on the item loss: quantiles of the losses of all items under the starting policy."""
+    """Thresholds on the item loss: its quantiles over all items under the starting policy."""
     x = torch.tensor(losses, dtype=torch.float64)
     return {k: torch.quantile(x, getattr(cfg, q)).item() for k, q in QUANTILES.items()}
 
@@ -219,13 +234,16 @@ def calibrate(losses, cfg):
 def window_at(step, total_steps, thresholds):
     """The curriculum window slides linearly from [start_low, start_high] to [end_low, end_high]."""
     a, t = min(step / max(total_steps, 1), 1.0), thresholds
-    return (1 - a) * t["start_low"] + a * t["end_low"], (1 - a) * t["start_high"] + a * t["end_high"]
+    return ((1 - a) * t["start_low"] + a * t["end_low"],
+            (1 - a) * t["start_high"] + a * t["end_high"])
 
 
 def window(state, cfg):
-    """The window at this step: the authors' over --horizon steps (their 1000), --sliding over the run's length."""
-    horizon = state["total"] if cfg.sliding else per_loss(cfg, "horizon") or state["total"]
-    return window_at(state["step"], horizon, state["thresholds"])
+    """The window at this step."""
+    horizon = per_loss(cfg, "horizon") or state.total  # the authors' 1000; 0 = the run's length
+    if cfg.sliding:  # the paper's description: over the run's length, whatever --horizon says
+        horizon = state.total
+    return window_at(state.step, horizon, state.thresholds)
 
 
 def route(loss, low, high, thresholds):
@@ -239,25 +257,26 @@ def route(loss, low, high, thresholds):
 
 
 def group_advantages(k, k_pos, k_neg, cfg):
-    """(expert advantage, [advantage per correct rollout]) of a group of k distinct samples, k_pos of them correct
-    and k_neg wrong ones kept; or None: no signal, the expert alone with A = 1."""
-    if k == 0 or k_pos == 0:
+    """(expert advantage, [advantage per correct rollout]) of a group of k distinct samples, k_pos
+    of them correct and k_neg wrong ones kept; or None: no signal, the expert alone with A = 1."""
+    if k == 0 or k_pos == 0:  # no correct sample: nothing of the policy's own to reinforce
         return None
     d = 1 - k_pos / k  # the harder for the policy, the larger the expert's reward r*
     r_star = cfg.r_min + d * (cfg.r_max - cfg.r_min)
     rewards = torch.tensor([r_star] + [1.0] * k_pos + [0.0] * k_neg, dtype=torch.float64)
     if torch.all(rewards == rewards[0]):  # all correct and d = 0: nothing to learn from the group
         return None
-    z = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)  # the authors' guard, kept for equality
+    z = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)  # 1e-6 as the authors'
     a = torch.tanh(cfg.adv_temp * z)
-    s = 1 / (1 + k_pos)  # damping: the more correct rollouts, the less each sample of the group weighs
+    s = 1 / (1 + k_pos)  # damping: the more correct rollouts, the less each sample weighs
     # correct rollouts: a weak signal, never negative, capped (the expert stays the main anchor)
-    pos = [cfg.pos_scale * min(max(ai * s, cfg.pos_min), cfg.pos_max) for ai in a[1:1 + k_pos].tolist()]
+    pos = [cfg.pos_scale * min(max(ai * s, cfg.pos_min), cfg.pos_max)
+           for ai in a[1:1 + k_pos].tolist()]
     return a[0].item() * s, pos
 
 
 def ngrams(text, n=3):
-    """Word n-grams of the lowercased text; none for a text of fewer than n words (as the authors')."""
+    """Word n-grams of the lowercased text; none for a text under n words (as the authors')."""
     w = text.lower().split()
     return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
 
@@ -267,22 +286,27 @@ def jaccard(a, b):
     return len(a & b) / len(a | b) if a and b else float(not a and not b)
 
 
-# The authors' rollout filter (their train_RASFT.py): a rollout that breaks a rule is dropped before it is
-# verified; it still counts in k_total, never in k_pos. Their box is the last `\boxed{` (the answer they grade);
-# the loop rules read the lowercased text with its whitespace collapsed, the phrase and word rules as it was written.
-_CORRECTIONS = ("let me correct", "correcting the calculation", "i need to correct", "rechecking", "let's correct",
-                "wait,", "however, this is incorrect", "the previous reasoning was wrong")
-_SHORTCUT_RE = re.compile(r"(?:according to the problem|therefore|thus)[, ]+the correct answer is|based on the given "
-                          r"information[, ]+we know that the correct answer is|the correct answer is\s*[:：]?\s*\\boxed")
-_REASONING = ("=", "therefore", "thus", "hence", "so ", "let ", "we have", "we get", "substitute", "solve")
+# The authors' rollout filter (train_RASFT.py): a rollout that breaks a rule is dropped; it still
+# counts in k, never in k_pos. Their box is the last `\boxed{` (what they grade);
+# loop rules read the text lowercased with whitespace collapsed, phrase and word rules as written.
+_CORRECTIONS = ("let me correct", "correcting the calculation", "i need to correct", "rechecking",
+                "let's correct", "wait,", "however, this is incorrect",
+                "the previous reasoning was wrong")
+_SHORTCUT_RE = re.compile(r"(?:according to the problem|therefore|thus)[, ]+the correct answer is"
+                          r"|based on the given information[, ]+we know that the correct answer is"
+                          r"|the correct answer is\s*[:：]?\s*\\boxed")
+_REASONING = ("=", "therefore", "thus", "hence", "so ", "let ", "we have", "we get", "substitute",
+              "solve")
 _SHORT_BOX_RE = re.compile(r"[A-Da-d①②③④⑤⑥⑦⑧⑨0-9,， ]{1,12}")
 
 
 def authors_box(text):
-    """The content of the last `\\boxed{` if its braces close (every brace counts, escaped or not), else None:
+    """The content of the last `\\boxed{` if its braces close (escaped ones count too), else None:
     an unclosed last box hides an earlier one, and `\\fbox{}` or `\\boxed 5` is no box."""
     start, depth = text.rfind("\\boxed{"), 0
-    for j in range(start + 6, len(text)) if start >= 0 else ():
+    if start < 0:  # no box at all
+        return None
+    for j in range(start + 6, len(text)):
         depth += (text[j] == "{") - (text[j] == "}")
         if depth == 0:
             return text[start + 7:j].strip()
@@ -296,7 +320,7 @@ def _unwrapped(box):  # the authors' clean-up of a box's content, one replacemen
 
 
 def graded(text, target, cfg):
-    """What a rollout is verified on: under the authors' filter a math rollout's last box (theirs), else all of it."""
+    """What is verified: under the authors' filter a math rollout's last box (theirs), else all."""
     if cfg.rollout_filter != "authors" or "answer" not in target:
         return text
     box = authors_box(text.strip())
@@ -308,54 +332,64 @@ def _repeats(xs):
 
 
 def broken_rule(text, target, cfg):
-    """The first rule of --rollout_filter this rollout breaks, or None. Code rollouts face the loop rules only."""
+    """The first rule of --rollout_filter this rollout breaks, or None (code: loop rules only)."""
     s = text.strip()
-    if cfg.rollout_filter == "minimal":  # an answer, and no loop: few distinct word 3-grams in a long text
+    if cfg.rollout_filter == "minimal":  # an answer, no loop (the authors' rules drop short ones)
         words = len(s.split())
-        return ("no answer" if "answer" in target and extract_answer(s) is None else
-                "loop" if words >= 60 and len(ngrams(s)) / (words - 2) < 0.3 else None)
+        if "answer" in target and extract_answer(s) is None:  # math with nothing to verify
+            return "no answer"
+        if words >= 60 and len(ngrams(s)) / (words - 2) < 0.3:  # few distinct 3-grams: a loop
+            return "loop"
+        return None
     low = s.lower()
     flat, box = re.sub(r"\s+", " ", low), authors_box(s)
     words = flat.split()
-    rules = {"symbols over 42%": sum(not (c.isalnum() or c.isspace()) for c in s) > 0.42 * max(len(s), 1),
-             "a sentence thrice": _repeats([x.strip() for x in re.split(r"[.\n]", flat) if len(x.strip()) >= 12]),
-             "an 8-word run thrice": len(words) >= 30 and _repeats([tuple(words[i:i + 8]) for i in range(len(words) - 7)]),
+    symbols = sum(not (c.isalnum() or c.isspace()) for c in s)
+    sentences = [x.strip() for x in re.split(r"[.\n]", flat) if len(x.strip()) >= 12]
+    runs = [tuple(words[i:i + 8]) for i in range(len(words) - 7)]
+    rules = {"symbols over 42%": symbols > 0.42 * max(len(s), 1),
+             "a sentence thrice": _repeats(sentences),
+             "an 8-word run thrice": len(words) >= 30 and _repeats(runs),
              "self-corrections": sum(c in flat for c in _CORRECTIONS) >= 2}
-    if "answer" in target:
-        rules.update({"under 80 characters": len(s) < 80, "no boxed answer": box is None,
+    if "answer" in target:  # math: the rules on the answer and the reasoning before it
+        short_box = box is not None and bool(_SHORT_BOX_RE.fullmatch(_unwrapped(box)))
+        rules.update({"under 80 characters": len(s) < 80,
+                      "no boxed answer": box is None,
                       "shortcut phrase": bool(_SHORTCUT_RE.search(low)),
-                      "short boxed answer": box is not None and len(s) < 180 and bool(_SHORT_BOX_RE.fullmatch(_unwrapped(box))),
+                      "short boxed answer": len(s) < 180 and short_box,
                       "a boxed answer under 120 characters": box is not None and len(s) < 120,
                       "no reasoning word": not any(w in low for w in _REASONING)})
     return next((name for name, broken in rules.items() if broken), None)
 
 
 def score_group(texts, correct, target, cfg):
-    """De-duplicate, drop malformed, split: (k distinct, indices of positives, k_neg negatives kept, k malformed)."""
+    """De-duplicate, drop malformed, split: (k distinct, positive indices, k_neg, k malformed)."""
     grams, kept = [ngrams(t) for t in texts], []
     for i in range(len(texts)):
-        if all(jaccard(grams[i], grams[j]) < cfg.dup_jaccard for j in kept):
+        if all(jaccard(grams[i], grams[j]) < cfg.dup_jaccard for j in kept):  # not a near-copy
             kept.append(i)
     ok = [i for i in kept if not broken_rule(texts[i], target, cfg)]
     pos = [i for i in ok if correct[i]]
-    near = {i: max((jaccard(grams[i], grams[j]) for j in pos), default=0.0) for i in ok if not correct[i]}
-    neg = sorted((i for i in near if near[i] < cfg.neg_jaccard), key=lambda i: abs(near[i] - cfg.neg_target))
+    near = {i: max((jaccard(grams[i], grams[j]) for j in pos), default=0.0)
+            for i in ok if not correct[i]}  # each wrong sample's likeness to its closest positive
+    neg = sorted((i for i in near if near[i] < cfg.neg_jaccard),  # not a near-copy of a positive
+                 key=lambda i: abs(near[i] - cfg.neg_target))  # nearest neg_target first
     return len(kept), pos, len(neg[:cfg.max_neg]), len(kept) - len(ok)
 
 
-# ---------------------------------------------------------------------------------------------------
-# 3. Loss. Each loss maps the log-probs of a micro-batch's response tokens, logp (N,), to per-token losses (N,); the
-#    step sums them and divides by the global batch's response-token count. b holds the micro-batch: seq (N,) the
-#    sequence of each token, adv (B,) and ref_logp (B,) per sequence, kl (N,) to the reference (KL losses only).
+# --------------------------------------------------------------------------------------------------
+# 3. Loss. Each loss maps logp (N,), the log-probs of a micro-batch's response tokens, to per-token
+#    losses (N,); the step divides their sum by the global batch's response-token count.
+#    b: seq (N,) each token's sequence; adv, ref_logp (B,) per sequence; kl (N,) to the reference.
 
 
 def loss_rasft(logp, b, cfg):
     seq = b["seq"]
-    # rho per sequence from mean log-probs, no gradient through it: below 1 where the policy already made the
-    # sequence likelier than the reference did, and clipped, so that drift is damped, never rewarded
-    raw = (b["ref_logp"] - seq_mean(logp.detach(), seq, len(b["adv"]))).exp()     # (B,)
+    # rho per sequence from mean log-probs, no gradient through it: below 1 where the policy already
+    # made the sequence likelier than the reference did; clipped, so drift is damped, never rewarded
+    raw = (b["ref_logp"] - seq_mean(logp.detach(), seq, len(b["adv"]))).exp()  # (B,)
     ratio = raw.clamp(cfg.ratio_low, cfg.ratio_high) if cfg.ratio_clip else torch.ones_like(raw)
-    w = ratio[seq] * b["adv"][seq]                                                  # (N,) each token its sequence's
+    w = ratio[seq] * b["adv"][seq]  # (N,): each token its sequence's
     if cfg.token_weight:  # DFT's sg[pi(y_t)]: a token the policy finds unlikely weighs less
         w = w * logp.detach().exp()
     clipped = ((raw < cfg.ratio_low) | (raw > cfg.ratio_high)).float().mean()
@@ -364,7 +398,8 @@ def loss_rasft(logp, b, cfg):
 
 def seq_mean(x, seq, n):
     """Mean of token values x (N,) per sequence, seq (N,) the sequence index of each token."""
-    return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, seq, x) / torch.bincount(seq, minlength=n).clamp(min=1)
+    sums = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, seq, x)
+    return sums / torch.bincount(seq, minlength=n).clamp(min=1)
 
 
 def loss_sft(logp, b, cfg):
@@ -390,17 +425,18 @@ def loss_profit(logp, b, cfg):
     return -keep * logp, {"w": keep.mean()}
 
 
-LOSSES = {"rasft": loss_rasft, "sft": loss_sft, "dft": loss_dft, "sft_kl": loss_sft_kl, "asft": loss_asft,
-          "profit": loss_profit}
-KL_LOSSES = ("sft_kl", "asft")  # the losses that need the reference's full distribution: a reference forward
+LOSSES = {"rasft": loss_rasft, "sft": loss_sft, "dft": loss_dft, "sft_kl": loss_sft_kl,
+          "asft": loss_asft, "profit": loss_profit}
+KL_LOSSES = ("sft_kl", "asft")  # these need the reference's full distribution: a reference forward
 
 
-# ---------------------------------------------------------------------------------------------------
-# 4. Training: train() is the loop; its parts follow in the order it calls them.
+# --------------------------------------------------------------------------------------------------
+# 4. Training: train() is the loop; its phases follow in the order it calls them, then the data it
+#    moves (RunState, Entry) and the optimizer step.
 
 
 def train(cfg):
-    """Fine-tune cfg.model on cfg.data with cfg.loss; returns held-out accuracy before and after (or None)."""
+    """Fine-tune cfg.model on cfg.data by cfg.loss; held-out accuracy before and after, or None."""
     run = set_up(cfg)                              # model, data, engine, optimizer; the run state
     while (batch := next_batch(run)) is not None:  # route, refresh, end of data
         log_and_save(run, optimizer_step(run, batch))
@@ -408,278 +444,346 @@ def train(cfg):
 
 
 def set_up(cfg):
-    """Everything the loop uses, each checked before any training starts: --out, model, data, the tiny model's
-    warm-up, reference, sharded scorer, rollout engine, AdamW, run state."""
+    """Everything the loop uses, each checked before any training starts: --out, model, data, the
+    tiny model's warm-up, reference, sharded scorer, rollout engine, AdamW, run state."""
     device = setup_dist()
     torch.manual_seed(cfg.seed)
     claim_out(cfg)
     tok = load_tokenizer(cfg)
     policy = load_policy(cfg, tok)
-    if cfg.max_len > (context := policy.config.max_position_embeddings):
+    context = policy.config.max_position_embeddings
+    if cfg.max_len > context:
         print0(f"--max_len {cfg.max_len} is longer than {cfg.model}'s context: using {context}")
         cfg = dataclasses.replace(cfg, max_len=context)
     items, heldout = held_out(build_items(load_rows(cfg), cfg, tok)[0], cfg, tok)
-    if cfg.model == "tiny" and cfg.demo_warmup:  # once the checks above passed: --out, the model, the data
-        policy = load_policy(cfg := warm_up(cfg), tok)
-    adaptive = cfg.adaptive and cfg.loss == "rasft"  # the baselines route nothing and roll nothing out
-    need_ref = adaptive or cfg.loss in KL_LOSSES
-    ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32) if need_ref else None
+    if cfg.model == "tiny" and cfg.demo_warmup:  # once the checks above passed: --out, model, data
+        cfg = warm_up(cfg)
+        policy = load_policy(cfg, tok)
+    adaptive = cfg.adaptive and cfg.loss == "rasft"  # the baselines route nothing, roll nothing out
+    ref = None
+    if adaptive or cfg.loss in KL_LOSSES:
+        ref = frozen_copy(policy, torch.bfloat16 if device.type == "cuda" else torch.float32)
     if cfg.act_ckpt:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
     compiled = cfg.compile == "true" or cfg.compile == "auto" and device.type == "cuda"
     scorer = shard(Scorer(policy, ref, cfg.logp_chunk), device, compiled)
     engine = make_engine(scorer, tok, cfg, device) if adaptive or heldout else None
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = types.SimpleNamespace(cfg=cfg, device=device, tok=tok, items=items, heldout=heldout, adaptive=adaptive,
-                                scorer=scorer, engine=engine, opt=opt, acc0=None, t_start=time.time())
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = types.SimpleNamespace(cfg=cfg, device=device, tok=tok, items=items, heldout=heldout,
+                                adaptive=adaptive, scorer=scorer, engine=engine, opt=opt,
+                                acc0=None, t_start=time.time(), wandb=None)
     run.state = load_checkpoint(scorer, opt, cfg) if cfg.resume else None
-    if run.state is None:
+    if run.state is None:  # a new run: the held-out accuracy before it, then its first state
         run.acc0 = evaluate(engine, scorer, heldout, tok, cfg)[0] if heldout else None
         run.state = start_state(run)
-    run.first, run.log = run.state["step"], open_metrics(cfg, run.state)
-    run.wandb = cfg.wandb and rank0() and __import__("wandb").init(project=cfg.wandb, config=dataclasses.asdict(cfg))
+    run.first, run.log = run.state.step, open_metrics(cfg, run.state)
+    if cfg.wandb and rank0():
+        run.wandb = __import__("wandb").init(project=cfg.wandb, config=dataclasses.asdict(cfg))
     return run
 
 
 def start_state(run):
-    """A fresh run state. RASFT's one pass over all items: at step 0 the policy is the reference, so each item's
-    mean log-prob is both rho's reference term and (negated) its loss ell(x), which calibrates the thresholds."""
+    """A new run's state. At step 0 the policy is the reference: one pass over all items gives each
+    its mean log-prob, rho's reference term and, negated, the loss ell(x) that calibration needs."""
     cfg, items = run.cfg, run.items
     state = new_state(items, cfg)
-    if cfg.loss == "rasft":
+    if cfg.loss == "rasft":  # the baselines have no rho
         experts = [expert(i, 1.0, state) for i in range(len(items))]
-        state["ref_logp"] = measure(run.scorer, experts, items, "policy", cfg, run.device)
+        state.ref_logp = measure(run.scorer, experts, items, "policy", cfg, run.device)
         if run.adaptive:
-            state["thresholds"] = calibrate([-x for x in state["ref_logp"]], cfg)
-            print0("calibration: " + " | ".join(f"{k} {v:.3f}" for k, v in state["thresholds"].items()))
+            state.thresholds = calibrate([-x for x in state.ref_logp], cfg)
+            shown = " | ".join(f"{k} {v:.3f}" for k, v in state.thresholds.items())
+            print0(f"calibration: {shown}")
     return state
 
 
 def next_batch(run):
-    """The next global batch off the queue, or None at the end: routes (all data before the first step; --sliding:
-    until a batch is queued), refreshes when due, and at the end of the data queues the hard pool (trained twice)."""
+    """The next global batch, or None at the end: routes items (all at the start; --sliding: only
+    until a batch is queued), refreshes when due, and at the end queues the hard pool again."""
     cfg, state = run.cfg, run.state
-    if cfg.max_steps and state["step"] >= cfg.max_steps:
+    if cfg.max_steps and state.step >= cfg.max_steps:
         return None
-    while state["cursor"] < len(state["order"]) and (len(state["queue"]) < cfg.batch_size or not cfg.sliding):
+    while state.cursor < len(state.order):
+        if cfg.sliding and len(state.queue) >= cfg.batch_size:
+            break  # --sliding routes just in time: until a batch is queued
         route_chunk(state, run.scorer, run.items, cfg, run.device, run.adaptive)
-    dry = len(state["queue"]) < cfg.batch_size and state["cursor"] == len(state["order"])
+    dry = len(state.queue) < cfg.batch_size and state.cursor == len(state.order)
     if run.adaptive and refresh_due(state, cfg, dry):
-        r = refresh(run)
-        print0(f"refresh @ step {r['step']} | pending {r['pending']} | rolled out {r['rolled_out']} | "
-               f"probed {r['probed']} | pass {r['pass']:.2f} | correct rollouts queued {r['queued_rollouts']} | "
-               f"hard pool {r['hard_pool']} | window [{r['low']:.3f}, {r['high']:.3f}]")
-        emit(run.log, run.wandb, r)
-    if dry and not state["pending"]:  # end of data
-        state["queue"] += [expert(i, 1.0, state) for i in sorted(state["hard"])]
-        state["hard"] = {}
-    if not state["queue"]:
+        log_refresh(run, refresh(run))
+    if dry and not state.pending:  # end of data: each hard item trained again, as the expert
+        state.queue += [expert(i, 1.0, state) for i in sorted(state.hard)]
+        state.hard = {}
+    if not state.queue:
         return None
-    left = len(state["queue"]) + len(state["order"]) - state["cursor"] + len(state["pending"]) + len(state["hard"])
-    state["total"] = min(max(state["total"], state["step"] + math.ceil(left / cfg.batch_size)), cfg.max_steps or math.inf)
-    batch, state["queue"] = state["queue"][:cfg.batch_size], state["queue"][cfg.batch_size:]
+    # The plan grows as refreshes queue rollouts: count what is queued, unrouted, pending or hard.
+    left = len(state.queue) + len(state.order) - state.cursor + len(state.pending) + len(state.hard)
+    planned = max(state.total, state.step + math.ceil(left / cfg.batch_size))
+    state.total = min(planned, cfg.max_steps or math.inf)
+    batch, state.queue = state.queue[:cfg.batch_size], state.queue[cfg.batch_size:]
     return batch
 
 
 def optimizer_step(run, batch):
     """One AdamW step on the batch at the lr of this step; its metrics."""
-    lr = lr_at(run.state["step"], run.state["total"], run.cfg)
+    lr = lr_at(run.state.step, run.state.total, run.cfg)
     for g in run.opt.param_groups:
         g["lr"] = lr
-    t0, m = time.time(), train_step(run.scorer, run.opt, batch, run.items, run.cfg, run.device)
+    t0 = time.time()
+    m = train_step(run.scorer, run.opt, batch, run.items, run.cfg, run.device)
     dt = time.time() - t0
-    run.state["step"] += 1
-    return dict(m, step=run.state["step"], total=run.state["total"], lr=lr, ms=1000 * dt, tok_s=m["tokens"] / dt)
+    run.state.step += 1
+    return dict(m, step=run.state.step, total=run.state.total, lr=lr, ms=1000 * dt,
+                tok_s=m["tokens"] / dt)
 
 
 def log_and_save(run, m):
-    """One line per step from rank 0, a record in metrics.jsonl (and wandb), a checkpoint every save_every steps."""
-    last = run.state["last"]
+    """A line per step (rank 0), a record in metrics.jsonl (and wandb), a checkpoint if due."""
+    last = run.state.last
     print0(f"step {m['step']}/{m['total']} | loss {m['loss']:.4f} | w {m['w']:.3f} | "
            + (f"pass {last['pass']:.2f} | " if last else "")
-           + f"clip {100 * m['clip']:.1f}% | lr {m['lr']:.2e} | gnorm {m['grad_norm']:.2f} | {m['ms']:.0f} ms | "
-           f"{m['tok_s'] / 1000:.1f}k tok/s")
+           + f"clip {100 * m['clip']:.1f}% | lr {m['lr']:.2e} | gnorm {m['grad_norm']:.2f} | "
+           f"{m['ms']:.0f} ms | {m['tok_s'] / 1000:.1f}k tok/s")
     emit(run.log, run.wandb, m)
     if run.cfg.save_every and m["step"] % run.cfg.save_every == 0:
         save_checkpoint(run.scorer, run.opt, run.state, run.cfg)
 
 
+def log_refresh(run, r):
+    print0(f"refresh @ step {r['step']} | pending {r['pending']} | rolled out {r['rolled_out']} | "
+           f"probed {r['probed']} | pass {r['pass']:.2f} | correct rollouts queued "
+           f"{r['queued_rollouts']} | hard pool {r['hard_pool']} | "
+           f"window [{r['low']:.3f}, {r['high']:.3f}]")
+    emit(run.log, run.wandb, r)
+
+
 def finish(run):
-    """Save the model and the solvability map; the held-out accuracy before and after, where there are items."""
+    """Save the model and the solvability map; the held-out accuracy before and after, if any."""
     cfg, state = run.cfg, run.state
-    print0(f"trained {state['step'] - run.first} steps in {time.time() - run.t_start:.0f} s (to step {state['step']})")
+    took = time.time() - run.t_start
+    print0(f"trained {state.step - run.first} steps in {took:.0f} s (to step {state.step})")
     if run.log:
         run.log.close()
     if run.wandb:
         run.wandb.finish()
     save_hf(run.scorer.policy, run.tok, cfg.out, cfg)
-    if rank0() and state["records"]:
+    if rank0() and state.records:
         with open(os.path.join(cfg.out, "solvability.jsonl"), "w") as f:
-            f.writelines(json.dumps({"item": i, **state["records"][i]}) + "\n" for i in sorted(state["records"]))
+            for i in sorted(state.records):
+                f.write(json.dumps({"item": i, **state.records[i]}) + "\n")
     if not run.heldout:
         return None
     acc, texts = evaluate(run.engine, run.scorer, run.heldout, run.tok, cfg)
     for g in acc if len(acc) > 2 else ["all"]:  # per group where there are several
         before = "" if run.acc0 is None else f"{100 * run.acc0[g]:.1f}% before -> "
-        print0(f"held-out accuracy{'' if g == 'all' else f' ({g})'}: {before}{100 * acc[g]:.1f}% after")
+        group = "" if g == "all" else f" ({g})"
+        print0(f"held-out accuracy{group}: {before}{100 * acc[g]:.1f}% after")
     return {"before": run.acc0, "after": acc, "completions": texts}
 
 
+@dataclasses.dataclass
+class RunState:
+    """All that the loop moves, the same on every rank; a checkpoint saves and restores it."""
+    step: int             # optimizer steps taken
+    total: int            # steps planned: re-estimated as refreshes queue rollouts
+    order: list           # item indices, epoch after epoch, in the order they are routed
+    cursor: int           # how many of order are routed
+    queue: list           # Entries to train, first in first out
+    pending: list         # items in the window, waiting for a refresh
+    hard: dict            # the hard pool: item -> times probed and found still too hard
+    ref_logp: list        # per item, rho's reference term of its expert response
+    thresholds: dict      # the calibration: calibrate()
+    records: dict         # per item, its line of solvability.jsonl
+    last: dict            # the last refresh's numbers
+    warned: bool = False  # the warning about malformed rollouts was given
+
+
+@dataclasses.dataclass
+class Entry:
+    """A queue entry: one sequence to train on, with its weight in the loss."""
+    item: int              # index into the items
+    response: list = None  # token ids of a correct rollout; None: the item's expert response
+    adv: float = 1.0       # A
+    ref_logp: float = 0.0  # rho's reference term: mean log pi_ref of the response's tokens
+
+
 def new_state(items, cfg):
-    """The run state, the same on every rank, all that a checkpoint restores: step, total (steps taken, planned);
-    order, cursor (item indices by epoch, how many routed); queue (entries to train, first in first out: expert());
-    pending (items in the window); hard (the pool: item -> times probed); ref_logp (per item, rho's reference
-    term); thresholds (calibration); records (per item, its solvability.jsonl line); last (the last refresh)."""
+    """A run's state before its first step: the order of the items over all epochs, none routed."""
     order = []
     for epoch in range(cfg.epochs):
         perm = list(range(len(items)))
         if per_loss(cfg, "shuffle"):
             random.Random(cfg.seed + epoch).shuffle(perm)
         order += perm
-    return {"step": 0, "total": math.ceil(len(order) / cfg.batch_size), "order": order, "cursor": 0, "queue": [],
-            "pending": [], "hard": {}, "ref_logp": [], "thresholds": None, "records": {}, "last": {}}
+    total = math.ceil(len(order) / cfg.batch_size)
+    return RunState(step=0, total=total, order=order, cursor=0, queue=[], pending=[], hard={},
+                    ref_logp=[], thresholds=None, records={}, last={})
 
 
 def expert(i, adv, state):
-    """A queue entry: item i, response (token ids; None: its expert's), adv (A), ref_logp (rho's reference term)."""
-    return {"item": i, "response": None, "adv": adv, "ref_logp": state["ref_logp"][i] if state["ref_logp"] else 0.0}
+    """Item i's expert response as a queue entry, with advantage adv."""
+    return Entry(i, None, adv, state.ref_logp[i] if state.ref_logp else 0.0)
 
 
 def route_chunk(state, scorer, items, cfg, device, adaptive):
-    """Route the next chunk of the data. As the authors: by each item's loss at step 0 (the calibration pass measured
-    it) against the window at step 0, all chunks before the first step. --sliding: by its loss under the current
-    policy against the window of the current step, a chunk whenever the queue holds less than a batch."""
-    ids = state["order"][state["cursor"]:state["cursor"] + cfg.route_chunk]
-    state["cursor"] += len(ids)
-    if not adaptive:
-        state["queue"] += [expert(i, 1.0, state) for i in ids]
+    """Route the next chunk of the data. As the authors: by each item's loss at step 0 (measured by
+    calibration) against the window at step 0. --sliding: by its loss under the current policy
+    against the window of the current step."""
+    ids = state.order[state.cursor:state.cursor + cfg.route_chunk]
+    state.cursor += len(ids)
+    if not adaptive:  # the baselines: every item as the expert, A = 1
+        state.queue += [expert(i, 1.0, state) for i in ids]
         return
-    losses = ([-lp for lp in measure(scorer, [expert(i, 1.0, state) for i in ids], items, "policy", cfg, device)]
-              if cfg.sliding else [-state["ref_logp"][i] for i in ids])  # the current loss, or the step-0 one
+    if cfg.sliding:
+        experts = [expert(i, 1.0, state) for i in ids]
+        losses = [-lp for lp in measure(scorer, experts, items, "policy", cfg, device)]
+    else:
+        losses = [-state.ref_logp[i] for i in ids]
     low, high = window(state, cfg)
-    routes = [route(x, low, high, state["thresholds"]) if items[i]["target"] else "other" for i, x in zip(ids, losses)]
+    # an item with nothing to verify a rollout against is trained as the expert
+    routes = [route(x, low, high, state.thresholds) if items[i]["target"] else "other"
+              for i, x in zip(ids, losses)]
     for i, r, x in zip(ids, routes, losses):
-        state["records"].setdefault(i, {}).update(route=r, loss=round(x, 4))
+        state.records.setdefault(i, {}).update(route=r, loss=round(x, 4))
         if r == "pending":
-            state["pending"].append(i)
+            state.pending.append(i)
         elif r == "hard":  # trained now as the expert, and kept to be probed at refreshes
-            state["hard"].setdefault(i, 0)
-    for kind in ("easy", "hard", "other"):  # the authors queue a chunk's easy items first, then hard, then the rest
-        state["queue"] += [expert(i, 1.0, state) for i, r in zip(ids, routes) if r == kind]
+            state.hard.setdefault(i, 0)
+    # the authors queue a chunk's easy items first, then the hard ones, then the rest
+    for kind in ("easy", "hard", "other"):
+        state.queue += [expert(i, 1.0, state) for i, r in zip(ids, routes) if r == kind]
 
 
 def refresh_due(state, cfg, dry):
     """With items pending: every refresh_every steps, and whenever the queue runs dry."""
-    return bool(state["pending"]) and (dry or state["step"] > 0 and state["step"] % cfg.refresh_every == 0)
+    if not state.pending:
+        return False
+    return dry or state.step > 0 and state.step % cfg.refresh_every == 0
 
 
 def refresh(run):
-    """Roll out a random share of the pending items, and the probes of the hard pool that stay in it; queue each
-    group. The queue order is the authors': the pending items not picked, the probes that leave the pool, then each
-    rolled-out item by index, its expert with the group's advantage followed by its correct rollouts."""
+    """Roll out a random share of the pending items and the hard pool's probes within reach; queue
+    in the authors' order: the pending items not picked, the probes that leave the pool, then each
+    rolled-out item by index, its expert followed by its correct rollouts. Returns its numbers."""
     state, cfg = run.state, run.cfg
-    rng = random.Random(cfg.seed * 1_000_003 + state["step"])
+    rng = random.Random(cfg.seed * 1_000_003 + state.step)
     low, high = window(state, cfg)
     pending, chosen = pick_pending(state, cfg, rng)
     probed = probe_hard(run, rng, low, chosen)
     chosen.sort()
     run.engine.load_weights(full_params(run.scorer.policy))
-    groups = rollout(run.engine, chosen, run.items, run.tok, cfg, state["step"])
+    groups = rollout(run.engine, chosen, run.items, run.tok, cfg, state.step)
     counts = Counter()
     new = [s for i, group in zip(chosen, groups) for s in queue_group(run, i, group, counts)]
-    rollouts = [s for s in new if s["response"] is not None]
+    rollouts = [s for s in new if s.response is not None]
     for s, lp in zip(rollouts, measure(run.scorer, rollouts, run.items, "ref", cfg, run.device)):
-        s["ref_logp"] = lp  # rho's reference term: one number per rollout, computed once
-    state["queue"] += new
-    n = max(counts["samples"], 1)
-    if counts["malformed"] > n / 2 and not state.get("warned"):  # once: short-answer data, say
-        state["warned"] = True
-        hint = " (their rules want a \\boxed{} answer, 80+ characters, a reasoning word): try --rollout_filter minimal"
-        print0(f"warning: --rollout_filter {cfg.rollout_filter} dropped {counts['malformed']} of {n} rollouts at this "
-               f"refresh{hint if cfg.rollout_filter == 'authors' else ''}")
-    state["last"] = {"event": "refresh", "step": state["step"], "pending": len(pending), "rolled_out": len(chosen),
-                     "probed": probed, "pass": counts["correct"] / n, "malformed": counts["malformed"] / n,
-                     "queued_rollouts": len(rollouts), "hard_pool": len(state["hard"]), "low": low, "high": high,
-                     "free_gib": getattr(run.engine, "free_gib", None)}
-    return state["last"]
+        s.ref_logp = lp  # rho's reference term: one number per rollout, computed once
+    state.queue += new
+    n = max(counts["samples"], 1)  # every sample: "pass" counts duplicates and malformed ones too
+    if counts["malformed"] > n / 2 and not state.warned:  # once: short-answer data, say so
+        state.warned = True
+        hint = (" (their rules want a \\boxed{} answer, 80+ characters, a reasoning word): try "
+                "--rollout_filter minimal" if cfg.rollout_filter == "authors" else "")
+        print0(f"warning: --rollout_filter {cfg.rollout_filter} dropped {counts['malformed']} of "
+               f"{n} rollouts at this refresh{hint}")
+    state.last = {"event": "refresh", "step": state.step, "pending": len(pending),
+                  "rolled_out": len(chosen), "probed": probed, "pass": counts["correct"] / n,
+                  "malformed": counts["malformed"] / n, "queued_rollouts": len(rollouts),
+                  "hard_pool": len(state.hard), "low": low, "high": high,
+                  "free_gib": getattr(run.engine, "free_gib", None)}
+    return state.last
 
 
 def pick_pending(state, cfg, rng):
-    """Take all pending occurrences: a random rollout_frac (at least one) to roll out, the rest queued as the expert."""
-    pending, state["pending"] = state["pending"], []
-    picked = set(rng.sample(range(len(pending)), min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))))
-    state["queue"] += [expert(i, 1.0, state) for j, i in enumerate(pending) if j not in picked]
+    """Take all pending occurrences: a random rollout_frac (at least one) to roll out, the rest
+    queued as the expert, A = 1."""
+    pending, state.pending = state.pending, []
+    n = min(len(pending), max(1, math.ceil(cfg.rollout_frac * len(pending))))
+    picked = set(rng.sample(range(len(pending)), n))
+    state.queue += [expert(i, 1.0, state) for j, i in enumerate(pending) if j not in picked]
     return pending, [pending[j] for j in picked]
 
 
 def probe_hard(run, rng, low, chosen):
-    """Measure a random probe_frac of the hard pool (at least one) anew: easier than the window, it leaves the pool as
-    the expert; up to the hard ceiling, it is rolled out too (it leaves once its group has signal); harder, it stays."""
-    state, cfg, hard = run.state, run.cfg, run.state["hard"]
-    probes = sorted(rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard))))) if hard and cfg.probe_frac else []
-    measured = measure(run.scorer, [expert(i, 1.0, state) for i in probes], run.items, "policy", cfg, run.device)
-    for i, loss in zip(probes, [-lp for lp in measured]):
-        state["records"][i]["probes"] = state["records"][i].get("probes", 0) + 1
-        if loss < low:
+    """Measure a random probe_frac of the hard pool (at least one) anew, and act on the loss; the
+    probes to roll out join chosen. Returns how many were probed."""
+    state, cfg, hard = run.state, run.cfg, run.state.hard
+    probes = []
+    if hard and cfg.probe_frac:
+        probes = sorted(rng.sample(sorted(hard), max(1, int(cfg.probe_frac * len(hard)))))
+    experts = [expert(i, 1.0, state) for i in probes]
+    losses = [-lp for lp in measure(run.scorer, experts, run.items, "policy", cfg, run.device)]
+    for i, loss in zip(probes, losses):
+        state.records[i]["probes"] = state.records[i].get("probes", 0) + 1
+        if loss < low:  # easier than the window now: it leaves the pool, as the expert
             del hard[i]
-            state["queue"].append(expert(i, 1.0, state))
-        elif loss <= state["thresholds"]["hard_ceiling"]:
+            state.queue.append(expert(i, 1.0, state))
+        elif loss <= state.thresholds["hard_ceiling"]:  # within reach: rolled out too
             chosen.append(i)
-        else:
+        else:  # still too hard: it stays, and may be probed again
             hard[i] += 1
     return len(probes)
 
 
 def queue_group(run, i, group, counts):
-    """Item i's scored group: its expert with the group's advantage, then its correct rollouts with theirs; with no
-    signal (none correct, or all), the expert alone with A = 1, as the authors. Records the group; counts samples."""
-    state = run.state
+    """Item i's scored group as queue entries: its expert with the group's advantage, then its
+    correct rollouts with theirs. Records the group; counts its samples."""
+    state, cfg = run.state, run.cfg
     toks, texts, correct = zip(*group)
-    k, pos, k_neg, malformed = score_group(texts, correct, run.items[i]["target"], run.cfg)
-    adv = group_advantages(k, len(pos), k_neg, run.cfg)
+    k, pos, k_neg, malformed = score_group(texts, correct, run.items[i]["target"], cfg)
+    adv = group_advantages(k, len(pos), k_neg, cfg)
     counts.update(samples=len(correct), correct=sum(correct), malformed=malformed)
-    state["records"][i].update(rollouts=len(correct), distinct=k, malformed=malformed, correct=len(pos), negatives=k_neg,
-                               pass_rate=round(len(pos) / max(k, 1), 3), expert_adv=round(adv[0], 4) if adv else 1.0,
-                               rollout_adv=[round(a, 4) for a in adv[1]] if adv else [])
-    if not adv:
+    state.records[i].update(rollouts=len(correct), distinct=k, malformed=malformed,
+                            correct=len(pos), negatives=k_neg,
+                            pass_rate=round(len(pos) / max(k, 1), 3),
+                            expert_adv=round(adv[0], 4) if adv else 1.0,
+                            rollout_adv=[round(a, 4) for a in adv[1]] if adv else [])
+    if not adv:  # no signal (none correct, or all): the expert alone, A = 1, as the authors
         return [expert(i, 1.0, state)]
-    state["hard"].pop(i, None)  # a hard-pool item leaves the pool once its group has signal
-    return [expert(i, adv[0], state)] + [{"item": i, "response": list(toks[j]), "adv": a} for j, a in zip(pos, adv[1])]
+    state.hard.pop(i, None)  # a hard-pool item leaves the pool once its group has signal
+    expert_adv, rollout_advs = adv
+    rollouts = [Entry(i, list(toks[j]), a) for j, a in zip(pos, rollout_advs)]
+    return [expert(i, expert_adv, state)] + rollouts
 
 
 def rollout(engine, chosen, items, tok, cfg, step):
-    """n verified samples per chosen item, generated by each rank for its share, gathered everywhere. Returns per
-    item a list of (token ids ending with the end token, as the authors train a rollout, text, correct)."""
+    """n verified samples per chosen item, generated by each rank for its share, gathered
+    everywhere. Per item, a list of (token ids, text, correct); the ids end with the end token, as
+    the authors train a rollout (a stop token is replaced by it, a rollout cut short gets it)."""
     mine = shard_of(chosen)
-    prompts = [items[i]["prompt"] for i in mine]  # a rank with none still calls generate: it puts vLLM to sleep
-    gens = engine.generate(prompts, n=cfg.rollout_n, temperature=cfg.temperature, top_p=cfg.top_p,  # as the authors
-                           max_tokens=[max(1, min(cfg.max_new_tokens, cfg.max_len - len(p) - 8)) for p in prompts],
-                           repetition_penalty=cfg.repetition_penalty, seed=cfg.seed + 7919 * step + rank())
+    prompts = [items[i]["prompt"] for i in mine]  # a rank with none calls generate too: vLLM sleeps
+    budgets = [max(1, min(cfg.max_new_tokens, cfg.max_len - len(p) - 8)) for p in prompts]
+    gens = engine.generate(prompts, n=cfg.rollout_n, temperature=cfg.temperature, top_p=cfg.top_p,
+                           max_tokens=budgets, repetition_penalty=cfg.repetition_penalty,
+                           seed=cfg.seed + 7919 * step + rank())  # sampling as the authors
     texts = [tok.batch_decode(group, skip_special_tokens=True) for group in gens]
-    ok = iter(verify_all([(graded(t, items[i]["target"], cfg), items[i]["target"]) for i, group in zip(mine, texts)
-                          for t in group]))
-    gens = [[g[:-1] if g and g[-1] in engine.stop_ids else g for g in group] for group in gens]
-    return all_gather_list([[(g + [end_token_id(tok)], t, next(ok)) for g, t in zip(*gt)] for gt in zip(gens, texts)])
+    pairs = [(graded(t, items[i]["target"], cfg), items[i]["target"])
+             for i, group in zip(mine, texts) for t in group]
+    ok = iter(verify_all(pairs))
+    end = end_token_id(tok)
+    ids = [[g[:-1] if g and g[-1] in engine.stop_ids else g for g in group] for group in gens]
+    return all_gather_list([[(g + [end], t, next(ok)) for g, t in zip(gs, ts)]
+                            for gs, ts in zip(ids, texts)])
 
 
 def verify_all(pairs):
-    """verify() over (completion, target) pairs at once, before the next collective: math in forked processes under
-    hard timeouts, code sandboxes in threads; the node's cores shared by its ranks."""
+    """verify() over (completion, target) pairs at once, before the next collective: math in forked
+    processes under hard timeouts, code sandboxes in threads; a node's cores shared by its ranks."""
     from concurrent.futures import ThreadPoolExecutor
     workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     maths = [k for k, (_, t) in enumerate(pairs) if "answer" in t]
-    ok = dict(zip(maths, verify_many([(pairs[k][0], pairs[k][1]["answer"]) for k in maths], workers=workers)
-                  if maths else []))
+    math_pairs = [(pairs[k][0], pairs[k][1]["answer"]) for k in maths]
+    ok = dict(zip(maths, verify_many(math_pairs, workers=workers) if maths else []))
+    code = [k for k in range(len(pairs)) if k not in ok]
     with ThreadPoolExecutor(workers) as pool:
-        code = [k for k in range(len(pairs)) if k not in ok]
         ok.update(zip(code, pool.map(lambda k: verify(*pairs[k]), code)))
     return [ok[k] for k in range(len(pairs))]
 
 
 def lr_at(step, total, cfg):
-    """Linear warmup from 0, then a cosine to min_lr over the horizon (0: the run's total): the authors' schedules
-    (transformers' get_cosine_schedule_with_warmup, whose first step has lr 0)."""
+    """Linear warmup from 0, then a cosine to min_lr over the horizon (0: the run's total): the
+    authors' schedules (transformers' get_cosine_schedule_with_warmup: the first step has lr 0)."""
     horizon, warmup = per_loss(cfg, "horizon") or total, per_loss(cfg, "warmup")
     warm = int(warmup) if warmup >= 1 else math.ceil(warmup * horizon)
     if step < warm:
@@ -689,52 +793,73 @@ def lr_at(step, total, cfg):
 
 
 def train_step(scorer, opt, batch, items, cfg, device):
-    """One optimizer step on a global batch, this rank's share in micro-batches: each loss divided by the global
-    response-token count, so the gradient is the same for any split."""
+    """One optimizer step on a global batch, this rank's share in micro-batches: each loss divided
+    by the global response-token count, so the gradient is the same for any split."""
     n_tok = sum(len(response_of(s, items)) for s in batch)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, w, clip (token-weighted), tokens seen
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, w, clip (per token), tokens
     cap = row_cap(cfg, device)
+    kl_dir = cfg.kl_dir if cfg.loss in KL_LOSSES else None
     for mb in micro_batches(batch, items, cfg, cap):
-        b = collate([batch[i] for i in mb] or batch[-1:], items, device, cap)  # an empty one runs at zero weight
+        # a rank with fewer micro-batches runs empty ones, at zero weight: a forward is a collective
+        b = collate([batch[i] for i in mb] or batch[-1:], items, device, cap)
         with autocast(device):
-            kl_dir = cfg.kl_dir if cfg.loss in KL_LOSSES else None
             logp, b["kl"] = scorer(b["input_ids"], b["resp_mask"], b["position_ids"], kl_dir=kl_dir)
             tok_loss, st = LOSSES[cfg.loss](logp.float(), b, cfg)
         # FSDP averages gradients over ranks; the world size turns that back into the global sum.
         (tok_loss.sum() * (world_size() / n_tok if mb else 0.0)).backward()
         if mb:
             n = len(tok_loss)
-            sums += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in
-                                 (tok_loss.sum(), st.get("w", 1.0) * n, st.get("clip", 0.0) * n, n)])
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in scorer.policy.parameters() if p.requires_grad], cfg.grad_clip)
+            stats = (tok_loss.sum(), st.get("w", 1.0) * n, st.get("clip", 0.0) * n, n)
+            sums += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device)
+                                 for v in stats])
+    params = [p for p in scorer.policy.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
     if dist.is_initialized():
         dist.all_reduce(sums)
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+        grad_norm = grad_norm.full_tensor()
     loss, w, clip, n = (sums / sums[3].clamp(min=1)).tolist()
     return {"loss": loss, "w": w, "clip": clip, "grad_norm": grad_norm.item(),
             "tokens": sum(seq_len(s, items) for s in batch)}
 
 
-def micro_batches(samples, items, cfg, cap=0):
-    """This rank's micro-batches, as lists of indices into samples. Samples are dealt longest first to the rank
-    with the fewest tokens so far; each rank places them, longest first, in the first micro-batch with room (rows as
+@torch.no_grad()
+def measure(scorer, entries, items, which, cfg, device):
+    """Mean token log-prob of each entry's response under `which` (policy or ref), in order."""
+    out, cap = [], row_cap(cfg, device)
+    for mb in progress(micro_batches(entries, items, cfg, cap), f"measure {which}"):
+        b = collate([entries[i] for i in mb] or entries[:1], items, device, cap)  # empty: for FSDP
+        with autocast(device):
+            logp, _ = scorer(b["input_ids"], b["resp_mask"], b["position_ids"], which=which)
+        out += zip(mb, seq_mean(logp.float(), b["seq"], len(b["adv"])).tolist())
+    return [lp for _, lp in sorted(all_gather_list(out))]
+
+
+# ==================================================================================================
+# Below: plumbing. Nothing below this line changes the method.
+# 5. The step's plumbing: micro-batches, packed rows, log-probs in chunks.
+
+
+def micro_batches(entries, items, cfg, cap=0):
+    """This rank's micro-batches, as lists of indices into entries. Entries are dealt longest first to the rank with
+    the fewest tokens so far; each rank places them, longest first, in the first micro-batch with room (rows as
     collate() makes them, at most micro_tokens tokens in all: a forward's fixed cost outweighs the padding, README).
-    Every rank gets as many micro-batches as the busiest (empty ones at the end): under FSDP a forward is a collective."""
-    order = sorted(range(len(samples)), key=lambda i: -seq_len(samples[i], items))
+    Every rank gets as many micro-batches as the busiest (empty ones last): under FSDP a forward is a collective."""
+    order = sorted(range(len(entries)), key=lambda i: -seq_len(entries[i], items))
     shares, load = [[] for _ in range(world_size())], [0] * world_size()
     for i in order:
         r = load.index(min(load))
         shares[r].append(i)
-        load[r] += seq_len(samples[i], items)
+        load[r] += seq_len(entries[i], items)
     plans = []
     for share in shares:
         plan, free, room = [], [], []  # micro-batches; the tokens each of their rows can still take; the most of them
         for i in share:
-            n = seq_len(samples[i], items)
+            n = seq_len(entries[i], items)
             k = next((k for k, f in enumerate(room) if f >= n), len(plan))
-            if k == len(plan):  # a new micro-batch: rows as wide as its first (longest) sample, or cap
+            if k == len(plan):  # a new micro-batch: rows as wide as its first (longest) entry, or cap
                 w = max(cap or 0, padded_width(n))
                 plan, free, room = plan + [[]], free + [[w] * max(1, cfg.micro_tokens // w)], room + [w]
             r = next(r for r, f in enumerate(free[k]) if f >= n)
@@ -745,11 +870,11 @@ def micro_batches(samples, items, cfg, cap=0):
     return plans[rank()] + [[] for _ in range(max(map(len, plans)) - len(plans[rank()]))]
 
 
-def collate(samples, items, device, cap=None):
+def collate(entries, items, device, cap=None):
     """Rows of input_ids padded to a multiple of PAD: a sequence each (cap None), or packed as micro_batches() placed
     them, in rows of max(cap, longest) tokens with position_ids restarting at 0 per sequence (hidden()). No attention
-    mask: no real token sees the padding on its right. resp_mask (R, T-1): positions whose next token is a response's."""
-    seqs = [(items[s["item"]]["prompt"], response_of(s, items)) for s in samples]
+    mask: no real token sees the padding on its right. resp_mask (R, T-1): where the next token is a response's."""
+    seqs = [(items[s.item]["prompt"], response_of(s, items)) for s in entries]
     cols = [(torch.tensor(p + r), torch.arange(len(p) + len(r)), torch.full((len(p) + len(r),), k),
              torch.arange(len(p) + len(r)) >= len(p)) for k, (p, r) in enumerate(seqs)]  # ids, pos, seq, resp
     w, rows, free = max(cap or 0, padded_width(max(len(c[0]) for c in cols))), [], []  # free: tokens a row can take
@@ -765,51 +890,36 @@ def collate(samples, items, device, cap=None):
     resp_mask = resp[:, 1:] & (pos[:, 1:] > 0)  # a sequence's first token is not predicted from the one before
     return {"input_ids": ids.to(device), "resp_mask": resp_mask.to(device), "seq": sid[:, 1:][resp_mask].to(device),
             "position_ids": None if cap is None else pos.to(device),
-            "adv": torch.tensor([s.get("adv", 1.0) for s in samples], device=device),
-            "ref_logp": torch.tensor([s.get("ref_logp", 0.0) for s in samples], device=device)}
+            "adv": torch.tensor([s.adv for s in entries], device=device),
+            "ref_logp": torch.tensor([s.ref_logp for s in entries], device=device)}
 
 
-def response_of(s, items):
-    return items[s["item"]]["response"] if s["response"] is None else s["response"]
+def response_of(s, items): return items[s.item]["response"] if s.response is None else s.response
 
 
-def seq_len(s, items):
-    return len(items[s["item"]]["prompt"]) + len(response_of(s, items))
+def seq_len(s, items): return len(items[s.item]["prompt"]) + len(response_of(s, items))
 
 
 PAD = 16  # padded widths are multiples of this (tensor-core friendly)
 
 
-def padded_width(n):
-    return -(-n // PAD) * PAD
+def padded_width(n): return -(-n // PAD) * PAD
 
 
 def row_cap(cfg, device):
     """A packed row's least capacity: a micro-batch where the kernel skips the blocks across sequences (flex_attention,
     GPUs), else the longest sequence (0), so a dense mask costs no more than padding did. None: padded rows."""
-    return None if not cfg.packing else cfg.micro_tokens if device.type == "cuda" and PACKED_ATTN == "flex_attention" else 0
+    if not cfg.packing:
+        return None
+    return cfg.micro_tokens if device.type == "cuda" and PACKED_ATTN == "flex_attention" else 0
 
 
-def autocast(device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device): return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@torch.no_grad()
-def measure(scorer, samples, items, which, cfg, device):
-    """Mean token log-prob of each sample's response under `which` (policy or ref), split over ranks, gathered in order."""
-    out, cap = [], row_cap(cfg, device)
-    for mb in progress(micro_batches(samples, items, cfg, cap), f"measure {which}"):
-        b = collate([samples[i] for i in mb] or samples[:1], items, device, cap)  # an empty one: a forward for FSDP
-        with autocast(device):
-            logp, _ = scorer(b["input_ids"], b["resp_mask"], b["position_ids"], which=which)
-        out += zip(mb, seq_mean(logp.float(), b["seq"], len(b["adv"])).tolist())
-    return [lp for _, lp in sorted(all_gather_list(out))]
-
-
-# Token log-probs are computed in chunks of response tokens, each chunk's vocabulary projection recomputed in
-# backward, so no [tokens, vocab] tensor outlives its chunk.
 def chunk_logp(h, weight, targets, h_ref=None, w_ref=None, kl_dir="ref_theta"):
-    """log pi(target) for each row of h (n, H); and the full-vocabulary KL to the reference if given."""
+    """log pi(target) for each row of h (n, H), and the full-vocabulary KL to the reference if given. Scorer calls it
+    per chunk of response tokens, recomputed in backward, so no [tokens, vocab] tensor outlives its chunk."""
     logits = F.linear(h, weight).float()                                           # (n, V)
     logp = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(1)     # (n,)
     if h_ref is None:
@@ -839,13 +949,13 @@ class Scorer(torch.nn.Module):
                 h_ref = hidden(self.ref, input_ids, position_ids)[:, :-1][resp_mask]
             w_ref = self.ref.get_output_embeddings().weight
         weight, c = model.get_output_embeddings().weight, self.chunk
-        run = (lambda *a: checkpoint(chunk_logp, *a, use_reentrant=False)) if torch.is_grad_enabled() else chunk_logp
-        logp, kl = zip(*[run(h[i:i + c], weight, targets[i:i + c], None if h_ref is None else h_ref[i:i + c], w_ref,
-                             kl_dir) for i in range(0, len(targets), c)])
+        fn = (lambda *a: checkpoint(chunk_logp, *a, use_reentrant=False)) if torch.is_grad_enabled() else chunk_logp
+        logp, kl = zip(*[fn(h[i:i + c], weight, targets[i:i + c], None if h_ref is None else h_ref[i:i + c], w_ref,
+                            kl_dir) for i in range(0, len(targets), c)])
         return torch.cat(logp), (torch.cat(kl) if kl_dir else None)
 
 
-PACKED_ATTN = "flex_attention"  # packed rows on GPUs: its block mask skips the blocks across sequences; SDPA computes them
+PACKED_ATTN = "flex_attention"  # packed rows on GPUs: its block mask skips blocks across sequences; SDPA computes them
 
 
 def hidden(model, input_ids, position_ids=None):
@@ -856,9 +966,8 @@ def hidden(model, input_ids, position_ids=None):
     return model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
 
-# ===================================================================================================
-# Below: plumbing. Nothing below this line changes the method.
-# 5. Data: rows -> items {prompt, response (token ids), target (gold answer or unit tests)}.
+# --------------------------------------------------------------------------------------------------
+# 6. Data: rows -> items {prompt, response (token ids), target (gold answer or unit tests)}.
 
 
 PRESETS = {"numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_10k.jsonl", prompt_field="instruction",
@@ -867,8 +976,7 @@ PRESETS = {"numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_1
                            tests_field="test_code", entry_field="test_info")}  # the authors' two training sets
 
 
-def load_rows(cfg):
-    """Rows as dicts: the demo generator, a local file, or a Hub dataset (both through `datasets`)."""
+def load_rows(cfg):  # rows as dicts: the demo generator, a local file, or a Hub dataset (both through `datasets`)
     if cfg.data in ("demo", "demo_shift"):
         return demo_task(cfg, heldout=False)
     if os.path.isfile(cfg.data):
@@ -911,8 +1019,7 @@ def check_jsonl(path):  # `datasets` reports a bad line deep inside pyarrow; say
                 raise UsageError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
 
 
-def pick_field(cfg_value, row, candidates, what, flag, where):
-    """The configured field, else the first candidate present in the row (None if optional and absent)."""
+def pick_field(cfg_value, row, candidates, what, flag, where):  # cfg_value, else the first candidate in row
     if cfg_value and cfg_value not in row:
         raise UsageError(f"{where}: no field {cfg_value!r} (--{flag}); fields: {', '.join(row)}")
     found = cfg_value or next((c for c in candidates if c in row), None)
@@ -934,8 +1041,7 @@ def target_of(row, f, response):  # what a rollout is verified against: unit tes
     return {"answer": answer} if answer else None
 
 
-def read_rows(rows, cfg, where, need_response=True):
-    """(problem, expert response, target) per row that has them; fields auto-detected or named by flags."""
+def read_rows(rows, cfg, where, need_response=True):  # (problem, expert response, target) per row that has them
     first = rows[0] if len(rows) else {}
     need = {"prompt": "prompt", "response": "response" if need_response else ""}  # the others are optional
     f = {k: pick_field(getattr(cfg, f"{k}_field"), first, names.split(), need.get(k, ""), f"{k}_field", where)
@@ -1002,13 +1108,12 @@ def prompt_text(tok, problem, is_code, cfg):
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def end_token_id(tok):
-    """Every response ends with the EOS, as the authors append it (Qwen2.5: <|endoftext|> base, <|im_end|> instruct)."""
+def end_token_id(tok):  # the EOS, as the authors end every response (Qwen2.5: <|endoftext|> base, <|im_end|> instruct)
     return tok.eos_token_id
 
 
 # ---------------------------------------------------------------------------------------------------
-# 6. Model: load, shard with FSDP2, save in Hugging Face format; checkpoints, resume, the lock on --out, metrics.
+# 7. Model: load, shard with FSDP2, save in Hugging Face format; checkpoints, resume, the lock on --out, metrics.
 
 
 def load_tokenizer(cfg):
@@ -1106,14 +1211,14 @@ def checkpoints(cfg):
 def save_checkpoint(scorer, opt, state, cfg):  # dcp-sharded model and optimizer, run state; keeps the newest keep_ckpts
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-    path = os.path.join(cfg.out, "ckpt", f"step_{state['step']}")
+    path = os.path.join(cfg.out, "ckpt", f"step_{state.step}")
     old = checkpoints(cfg)[cfg.keep_ckpts - 1:]  # every rank lists: a --out that is not shared stops the run here
     model_sd, optim_sd = get_state_dict(scorer.policy, opt)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
     if rank0():
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
-        torch.save(state, os.path.join(path, "state.tmp"))
+        torch.save(dataclasses.asdict(state), os.path.join(path, "state.tmp"))  # plain types
         os.replace(os.path.join(path, "state.tmp"), os.path.join(path, "state.pt"))  # complete from here on
         for p in old:
             __import__("shutil").rmtree(p, ignore_errors=True)
@@ -1134,7 +1239,7 @@ def load_checkpoint(scorer, opt, cfg):  # run state of the newest intact checkpo
         dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)  # in place
         set_state_dict(scorer.policy, opt, model_state_dict=model_sd, optim_state_dict=optim_sd)
         print0(f"resumed from {path}")
-        return state
+        return RunState(**{**state, "queue": [Entry(**e) for e in state["queue"]]})
     print0(f"--resume: no checkpoint in {cfg.out}/ckpt; starting from the beginning")
     return None
 
@@ -1179,7 +1284,7 @@ def open_metrics(cfg, state):  # metrics.jsonl anew; a resumed run keeps the rec
     path, kept = os.path.join(cfg.out, "metrics.jsonl"), []
     if cfg.resume and os.path.exists(path):
         records = [json.loads(line) for line in open(path) if line.strip()]
-        kept = [r for r in records if r["step"] < state["step"] or r["step"] == state["step"] and "loss" in r]
+        kept = [r for r in records if r["step"] < state.step or r["step"] == state.step and "loss" in r]
     log = open(path, "w")
     log.writelines(json.dumps(r) + "\n" for r in kept)
     return log
@@ -1193,7 +1298,7 @@ def emit(log, run, record):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 7. CLI: argparse generated from Config; every flag checked in one place.
+# 8. CLI: argparse generated from Config; every flag checked in one place.
 
 
 class UsageError(ValueError):
@@ -1211,7 +1316,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1],
                                 allow_abbrev=False)  # a shortened flag could later come to mean another one
     group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
-    for line in inspect.getsource(Config).splitlines():  # groups and help text are the comments in Config
+    src = re.sub(r"\n {5,}# ", " ", re.sub(r'" \\\n +"', "", inspect.getsource(Config)))  # a wrapped field: one line
+    for line in src.splitlines():  # groups and help text are the comments in Config
         if m := re.match(r"    # (\w+)$", line):
             group = p.add_argument_group(m[1])
         elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
@@ -1261,7 +1367,7 @@ def _str2bool(s):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 8. Distributed: replicated state, sharded work.
+# 9. Distributed: replicated state, sharded work.
 
 
 def setup_dist():
@@ -1327,12 +1433,12 @@ def quiet():  # progress bars only on a terminal, and no warnings about other li
             __import__("datasets").disable_progress_bars()
 
 
-def progress(iterable, desc, total=None):
-    return __import__("tqdm").tqdm(iterable, desc, total, disable=not rank0() or not sys.stderr.isatty(), leave=False)
+def progress(iterable, desc):
+    return __import__("tqdm").tqdm(iterable, desc, disable=not rank0() or not sys.stderr.isatty(), leave=False)
 
 
 # ---------------------------------------------------------------------------------------------------
-# 9. Rollout engines: one interface, two backends. generate() returns, per prompt, n lists of token ids (max_tokens:
+# 10. Rollout engines: one interface, two backends. generate() returns, per prompt, n lists of token ids (max_tokens:
 #    one budget, or one per prompt), cut after the first of stop_ids; load_weights() takes (name, full tensor) pairs.
 
 
@@ -1391,12 +1497,11 @@ class HFEngine:  # HF `generate` on an unsharded copy of the policy (the policy 
             self.model.get_parameter(name).copy_(t)
 
     @torch.no_grad()
-    def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0,
-                 seed=0, batch=256):  # batch: sequences per `generate` call (prompts x n)
+    def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=256, repetition_penalty=1.0, seed=0):
         torch.manual_seed(seed)
         dev, pad = self.model.device, self.tok.pad_token_id
         caps = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
-        sample, step, out = temperature > 0, max(1, batch // n), []
+        sample, step, out = temperature > 0, max(1, 256 // n), []  # 256 sequences (prompts x n) per `generate` call
         for i in range(0, len(prompts), step):
             part, cap = prompts[i:i + step], caps[i:i + step]
             width = max(map(len, part))  # left padding: generation continues from the right edge
@@ -1465,8 +1570,7 @@ class VLLMEngine:
 
     @classmethod
     def from_pretrained(cls, path, tok, stop_ids, max_len, gpu_memory=0.9, seed=0, sleeps=False, dummy=False, free=None):
-        """Engine on a Hugging Face model folder or Hub id (tok unused: prompts arrive as token ids); dummy: random
-        weights, for an engine that gets every weight pushed before it generates; max_len clamped to the context."""
+        """On a Hugging Face model folder or Hub id (tok unused: prompts are token ids); dummy: random weights."""
         if "llm" in _LLM:  # a second run in this process (demo: warm-up, then the method): the same engine
             return cls(_LLM["llm"], stop_ids, sleeps, free)
         from transformers import AutoConfig
@@ -1535,14 +1639,12 @@ def close_vllm():
 
 
 # ---------------------------------------------------------------------------------------------------
-# 10. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
+# 11. Verifier: math answers by sympy equivalence under a hard timeout; code by unit tests in a sandbox.
 
 
-def verify(completion, target):
-    """One completion against its item's target: a gold answer, or unit tests (with an entry point, a prefix)."""
-    if "tests" in target:
-        return verify_code(completion, target["tests"], target.get("entry"), target.get("prefix", ""))
-    return verify_math(completion, target["answer"])
+def verify(completion, target):  # against a gold answer, or unit tests (with an entry point, a prefix)
+    return (verify_code(completion, target["tests"], target.get("entry"), target.get("prefix", "")) if "tests" in target
+            else verify_math(completion, target["answer"]))
 
 
 def verify_math(completion, gold, timeout=5.0):
@@ -1569,8 +1671,7 @@ def math_equal(pred, gold, timeout=5.0):
     return False
 
 
-def verify_many(pairs, timeout=5.0, workers=None):
-    """verify_math over pairs in a pool of forked processes, each with its own timed worker."""
+def verify_many(pairs, timeout=5.0, workers=None):  # verify_math in forked processes, each with its timed worker
     with multiprocessing.get_context("fork").Pool(max(1, min(len(pairs), workers or os.cpu_count()))) as pool:
         return pool.starmap(verify_math, [(c, g, timeout) for c, g in pairs], chunksize=1)
 
@@ -1643,8 +1744,7 @@ def _stated(text):  # the number that the final sentence states after a verb, if
     return m and not _HEDGE_RE.search(" ".join(s[:m.start()].split()[-3:] + m[2].split()[:2])) and m[1] or None
 
 
-def extract_answer(text):
-    """The final answer of a completion, found in the order written above, or None."""
+def extract_answer(text):  # the final answer of a completion, found in the order written above, or None
     text = _CURRENCY_RE.sub("", re.sub(r"<\|(?:im_end|im_start|endoftext|eot_id)\|>[\s\S]*", "", text or ""))
     return "</think>" in text and _find_answer(text[text.rfind("</think>") + 8:]) or _find_answer(text)
 
@@ -2038,8 +2138,7 @@ def run_tests(program, tests, timeout=10.0, memory_mb=2048, max_output=1 << 20):
     return marker in out
 
 
-def extract_code(completion):
-    """The last ```python block (else the last fenced block; an unclosed fence: the text after it; no fence: all)."""
+def extract_code(completion):  # the last ```python (else any fenced) block; an unclosed fence: the rest; else all
     blocks = re.findall(r"```([\w+-]*)[^\n]*\n(.*?)```", completion, re.S)
     if code := [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")] or [b for _, b in blocks]:
         return code[-1]
@@ -2054,7 +2153,7 @@ def verify_code(completion, tests, entry_point=None, prefix="", timeout=10.0):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 11. Demo task (tiny model, two-step arithmetic) and main.
+# 12. Demo task (tiny model, two-step arithmetic) and main.
 
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -2102,8 +2201,7 @@ def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
     return rows
 
 
-def demo_task(cfg, heldout):
-    """The demo's rows: running-style 3-number sums; demo_shift: grouped-style 3- and 4-number sums, half each."""
+def demo_task(cfg, heldout):  # demo: running-style 3-number sums; demo_shift: grouped 3- and 4-number sums, half each
     k, seed = (cfg.eval_items, 12345) if heldout else (DEMO_TRAIN, cfg.seed)
     return demo_rows(k, seed, heldout) if cfg.data == "demo" else [
         r for numbers in (3, 4) for r in demo_rows(k // 2, seed + numbers, heldout, numbers, "grouped")]

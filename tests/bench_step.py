@@ -67,7 +67,7 @@ def batch_of(kind, n, seq, vocab, seed=0):
         p = t // 8 if kind == "uniform" else round(0.3 * t)
         items.append({"prompt": [rng.randrange(vocab) for _ in range(p)],
                       "response": [rng.randrange(vocab) for _ in range(t - p)], "target": None})
-    return [{"item": i, "response": None, "adv": 1.0, "ref_logp": -5.0} for i in range(n)], items
+    return [rasft.Entry(i, None, 1.0, -5.0) for i in range(n)], items
 
 
 def model_flops(model, lens):

@@ -90,13 +90,19 @@ def test_the_filter_decides_k_pos_and_so_the_experts_advantage():
         assert adv is None if expert_adv is None else adv[0] == pytest.approx(expert_adv, abs=1e-3)
 
 
+def state_of(**fields):
+    """A run state with no items, the given fields set."""
+    return dataclasses.replace(rasft.new_state([], cfg_of()), **fields)
+
+
 def test_refresh_fires_only_with_pending_items():
     cfg = dataclasses.replace(cfg_of(), refresh_every=4)
-    state = {"step": 8, "pending": [], "hard": {3: 0}}
+    state = state_of(step=8, pending=[], hard={3: 0})
     assert not rasft.refresh_due(state, cfg, dry=True)
-    state["pending"] = [1]
-    assert rasft.refresh_due(state, cfg, dry=False) and rasft.refresh_due(dict(state, step=5), cfg, dry=True)
-    assert not rasft.refresh_due(dict(state, step=5), cfg, dry=False)
+    state.pending = [1]
+    assert rasft.refresh_due(state, cfg, dry=False)
+    assert rasft.refresh_due(dataclasses.replace(state, step=5), cfg, dry=True)
+    assert not rasft.refresh_due(dataclasses.replace(state, step=5), cfg, dry=False)
 
 
 def test_config_built_in_python_gets_each_losss_own_defaults():
@@ -168,9 +174,9 @@ def route_all(losses, cfg, with_target=lambda i: True):
     items = [{"prompt": [1], "response": [2], "target": {"answer": "1"} if with_target(i) else None}
              for i in range(len(losses))]
     state = rasft.new_state(items, cfg)
-    state["ref_logp"] = [-x for x in losses]
-    state["thresholds"] = rasft.calibrate(losses, cfg)
-    while state["cursor"] < len(state["order"]):
+    state.ref_logp = [-x for x in losses]
+    state.thresholds = rasft.calibrate(losses, cfg)
+    while state.cursor < len(state.order):
         rasft.route_chunk(state, None, items, cfg, None, adaptive=True)
     return state
 
@@ -178,20 +184,20 @@ def route_all(losses, cfg, with_target=lambda i: True):
 def test_every_item_is_routed_at_step_0_with_its_step_0_loss_in_the_authors_shares():
     losses = [random.Random(k).uniform(0.2, 3.0) for k in range(1000)]
     state = route_all(losses, cfg_of())
-    shares = Counter(r["route"] for r in state["records"].values())
+    shares = Counter(r["route"] for r in state.records.values())
     assert {k: v / 1000 for k, v in shares.items()} == pytest.approx(
         {"easy": 0.10, "pending": 0.25, "hard": 0.45, "other": 0.20}, abs=0.002)
-    assert all(r["loss"] == pytest.approx(losses[i], abs=1e-4) for i, r in state["records"].items())
-    assert sorted(state["hard"]) == sorted(i for i, r in state["records"].items() if r["route"] == "hard")
+    assert all(r["loss"] == pytest.approx(losses[i], abs=1e-4) for i, r in state.records.items())
+    assert sorted(state.hard) == sorted(i for i, r in state.records.items() if r["route"] == "hard")
     # in file order (rasft does not shuffle), a chunk's easy items are queued first, then hard, then the rest
-    queued = sum(state["records"][i]["route"] != "pending" for i in range(128))  # of the first chunk
-    first = [state["records"][s["item"]]["route"] for s in state["queue"][:queued]]
-    assert first == sorted(first, key=["easy", "hard", "other"].index) and state["order"] == list(range(1000))
+    queued = sum(state.records[i]["route"] != "pending" for i in range(128))  # of the first chunk
+    first = [state.records[s.item]["route"] for s in state.queue[:queued]]
+    assert first == sorted(first, key=["easy", "hard", "other"].index) and state.order == list(range(1000))
 
 
 def test_window_at_a_refresh_is_their_1000_step_horizon_and_the_run_s_length_when_sliding():
     th = rasft.calibrate([float(i) for i in range(101)], cfg_of())
-    state = {"step": 32, "total": 59, "thresholds": th}
+    state = state_of(step=32, total=59, thresholds=th)
     assert rasft.window(state, cfg_of()) == pytest.approx(rasft.window_at(32, 1000, th))
     assert rasft.window(state, cfg_of()) == pytest.approx((20 + 0.032 * 30, 45 + 0.032 * 30))  # 3% of the way
     assert rasft.window(state, cfg_of("--sliding", "true")) == pytest.approx(rasft.window_at(32, 59, th))
@@ -202,19 +208,19 @@ def test_sliding_routes_just_in_time_by_the_current_policys_loss(monkeypatch):
     losses = [float(i) for i in range(100)]
     cfg = cfg_of("--sliding", "true", "--route_chunk", "10")
     easier = [x / 4 for x in losses]  # what the trained policy measures: every item looks easier
-    monkeypatch.setattr(rasft, "measure", lambda scorer, samples, *a: [-easier[s["item"]] for s in samples])
+    monkeypatch.setattr(rasft, "measure", lambda scorer, samples, *a: [-easier[s.item] for s in samples])
     items = [{"prompt": [1], "response": [2], "target": {"answer": "1"}} for _ in losses]
     state = rasft.new_state(items, cfg)
-    state["ref_logp"], state["thresholds"] = [-x for x in losses], rasft.calibrate(losses, cfg)
+    state.ref_logp, state.thresholds = [-x for x in losses], rasft.calibrate(losses, cfg)
     rasft.route_chunk(state, None, items, cfg, None, adaptive=True)
-    assert state["cursor"] == 10 and all(state["records"][i]["loss"] == pytest.approx(easier[i]) for i in range(10))
+    assert state.cursor == 10 and all(state.records[i]["loss"] == pytest.approx(easier[i]) for i in range(10))
     # through the loop: --sliding routes chunks only until a batch is queued; by default all before the first step
     for sliding, routed_all in (("true", False), ("false", True)):
         cfg = cfg_of("--sliding", sliding, "--route_chunk", "10", "--batch_size", "8")
         state = rasft.new_state(items, cfg)
-        state["ref_logp"], state["thresholds"] = [-x for x in losses], rasft.calibrate(losses, cfg)
+        state.ref_logp, state.thresholds = [-x for x in losses], rasft.calibrate(losses, cfg)
         run = types.SimpleNamespace(cfg=cfg, state=state, scorer=None, items=items, device=None, adaptive=True)
-        assert len(rasft.next_batch(run)) == 8 and (state["cursor"] == len(losses)) == routed_all
+        assert len(rasft.next_batch(run)) == 8 and (state.cursor == len(losses)) == routed_all
 
 
 def test_reference_in_bf16_equals_the_step_0_policy_as_fsdp_computes_it(tok):
@@ -257,19 +263,19 @@ def test_refresh_queues_in_the_authors_order_and_keeps_every_epochs_occurrence(m
     th = {"easy_floor": 1.0, "start_low": 2.0, "start_high": 3.0, "end_low": 4.0, "end_high": 6.0, "hard_ceiling": 8.0}
     probe_loss = {20: 1.5, 21: 5.0, 22: 9.0}  # leaves the pool (easier than the window), rolled out, stays
     monkeypatch.setattr(rasft, "measure", lambda scorer, samples, items, which, *a: [
-        -probe_loss[s["item"]] if which == "policy" else -1.0 for s in samples])
+        -probe_loss[s.item] if which == "policy" else -1.0 for s in samples])
     good = "We add 3 + 4 = 7 and then 7 + 5 = 12, so the total is \\boxed{12}"
     monkeypatch.setattr(rasft, "rollout", lambda engine, chosen, *a: [
         [([1, 2], good, True), ([3], "no idea \\boxed{9}", False), ([4], "it is \\boxed{8}", False)] for _ in chosen])
     engine = type("E", (), {"load_weights": lambda self, w: list(w)})()
     pending = [5, 3, 9, 7, 5, 3, 9, 7]  # four items, two epochs
-    state = {"step": 32, "total": 59, "thresholds": th, "pending": list(pending), "hard": {20: 0, 21: 0, 22: 0},
-             "queue": [], "ref_logp": [], "records": {i: {} for i in (*pending, 20, 21, 22)}}
+    state = state_of(step=32, total=59, thresholds=th, pending=list(pending), hard={20: 0, 21: 0, 22: 0},
+                     records={i: {} for i in (*pending, 20, 21, 22)})
     items = [{"prompt": [1], "response": [2], "target": {"answer": "12"}}] * 23
     scorer = type("S", (), {"policy": torch.nn.Linear(1, 1)})()
     rasft.refresh(types.SimpleNamespace(state=state, scorer=scorer, engine=engine, items=items, tok=None, cfg=cfg,
                                         device=None))
-    q = [(s["item"], s["response"] is None) for s in state["queue"]]
+    q = [(s.item, s.response is None) for s in state.queue]
     n_rest = len(pending) - 4  # half of the 8 occurrences are picked
     rest, leaver, groups = q[:n_rest], q[n_rest], q[n_rest + 1:]
     assert [i for i, _ in rest] == [i for i in pending if i in [i for i, _ in rest]][:n_rest] and leaver == (20, True)
@@ -278,7 +284,7 @@ def test_refresh_queues_in_the_authors_order_and_keeps_every_epochs_occurrence(m
     assert sorted([i for i, _ in rest] + [i for i in experts if i != 21]) == sorted(pending)  # every occurrence once
     for k, (i, is_expert) in enumerate(groups):  # each expert is followed by its one correct rollout
         assert is_expert == (k % 2 == 0) and groups[k - k % 2][0] == i
-    assert state["hard"] == {22: 1} and state["pending"] == []
+    assert state.hard == {22: 1} and state.pending == []
 
 
 def test_a_filter_that_drops_most_rollouts_says_so_once_and_names_minimal(monkeypatch, capsys):
@@ -288,19 +294,18 @@ def test_a_filter_that_drops_most_rollouts_says_so_once_and_names_minimal(monkey
         [([1], "3 + 4 = 7, \\boxed{7}", True), ([2], "so \\boxed{7}", True)] for _ in chosen])
     items = [{"prompt": [1], "response": [2], "target": {"answer": "7"}}] * 4
     th = {"easy_floor": 1.0, "start_low": 2.0, "start_high": 3.0, "end_low": 4.0, "end_high": 6.0, "hard_ceiling": 8.0}
-    state = {"step": 8, "total": 20, "thresholds": th, "hard": {}, "queue": [], "ref_logp": [],
-             "records": {i: {} for i in range(4)}}
+    state = state_of(step=8, total=20, thresholds=th, records={i: {} for i in range(4)})
     engine = type("E", (), {"load_weights": lambda self, w: list(w)})()
     run = types.SimpleNamespace(state=state, scorer=type("S", (), {"policy": torch.nn.Linear(1, 1)})(), engine=engine,
                                 items=items, tok=None, cfg=cfg_of("--rollout_frac", "1.0"), device=None)
     for step in (8, 16):
-        state.update(step=step, pending=[0, 1, 2, 3])
+        state.step, state.pending = step, [0, 1, 2, 3]
         assert rasft.refresh(run)["malformed"] == 1.0
     out = capsys.readouterr().out
     assert out.count("warning: --rollout_filter authors dropped 8 of 8 rollouts") == 1
     assert "--rollout_filter minimal" in out
     run.cfg = cfg_of("--rollout_frac", "1.0", "--rollout_filter", "minimal")
-    state.update(step=24, pending=[0, 1], warned=False)
+    state.step, state.pending, state.warned = 24, [0, 1], False
     assert rasft.refresh(run)["malformed"] == 0.0 and "warning" not in capsys.readouterr().out
 
 

@@ -18,8 +18,8 @@ def toy(lengths, seed=0, vocab=250):
     g = torch.Generator().manual_seed(seed)
     items = [{"prompt": torch.randint(0, vocab, (p,), generator=g).tolist(),
               "response": torch.randint(0, vocab, (r,), generator=g).tolist()} for p, r in lengths]
-    samples = [{"item": i, "response": None, "adv": 1.0 - 0.3 * i, "ref_logp": -5.0 + 0.4 * i} for i in range(len(items))]
-    samples.append({"item": 0, "response": items[1]["response"][:7], "adv": 0.05, "ref_logp": -4.0})  # a rollout
+    samples = [rasft.Entry(i, None, 1.0 - 0.3 * i, -5.0 + 0.4 * i) for i in range(len(items))]
+    samples.append(rasft.Entry(0, items[1]["response"][:7], 0.05, -4.0))  # a rollout
     return samples, items
 
 
@@ -49,7 +49,7 @@ def test_collate_packs_and_the_masks_follow():
         assert [predicted[b["seq"] == k].tolist() for k in range(len(samples))] == responses
         assert len(predicted) == sum(map(len, responses))
     b = rasft.collate(samples, items, CPU)  # padded: a row per sample in their order (bench_step masks by it)
-    assert all(b["input_ids"][k, :rasft.seq_len(s, items)].tolist() == items[s["item"]]["prompt"] + responses[k]
+    assert all(b["input_ids"][k, :rasft.seq_len(s, items)].tolist() == items[s.item]["prompt"] + responses[k]
                for k, s in enumerate(samples))
     b = rasft.collate(samples, items, CPU, ONE_ROW)
     assert b["input_ids"].shape[1] == 112 and b["position_ids"].shape == b["input_ids"].shape
@@ -127,7 +127,7 @@ def test_packed_measure_equals_padded(tiny):
 def test_packed_micro_batches_keep_the_budget_and_match_across_ranks(monkeypatch, cap):
     lengths = [5, 300, 40, 41, 100, 7, 250, 60, 90, 12, 33, 150]
     items = [{"prompt": [1] * 10, "response": [2] * n} for n in lengths]
-    samples = [{"item": i, "response": None} for i in range(len(items))]
+    samples = [rasft.Entry(i) for i in range(len(items))]
     cfg = rasft.Config(micro_tokens=384)
     computed = {}
     for packing in (True, False):
@@ -149,7 +149,7 @@ def test_packed_micro_batches_keep_the_budget_and_match_across_ranks(monkeypatch
 
 def test_first_fit_fills_an_earlier_gap():
     items = [{"prompt": [1], "response": [2] * (n - 1)} for n in (200, 150, 100, 40)]
-    samples = [{"item": i, "response": None} for i in range(4)]
+    samples = [rasft.Entry(i) for i in range(4)]
     cfg = rasft.Config(micro_tokens=256)
     assert rasft.micro_batches(samples, items, cfg, 256) == [[0, 3], [1, 2]]  # 40 goes back to the first row
     assert rasft.micro_batches(samples, items, cfg, 0) == [[0], [1], [2, 3]]  # rows of 208, 160, then 2 x 112

@@ -67,8 +67,8 @@ def test_length_sorted_token_budget_micro_batches_do_not_change_the_gradient(tmp
     cfg = small_cfg(tmp_path, "--loss", loss, "--grad_clip", "1e9")
     items, _ = rasft.build_items(rasft.load_rows(cfg), cfg, tok)
     # sequences of different lengths and advantages, so a per-micro-batch mean would differ
-    batch = [{"item": i, "response": None if i % 3 else items[i]["response"][:5 + i], "adv": 0.5 + 0.1 * i,
-              "ref_logp": -4.0 - 0.05 * i} for i in range(7)]
+    batch = [rasft.Entry(i, None if i % 3 else items[i]["response"][:5 + i], 0.5 + 0.1 * i, -4.0 - 0.05 * i)
+             for i in range(7)]
     budgets = {1: 7, 150: 3, 10_000: 1}  # micro_tokens -> micro-batches it makes of this batch
     assert {t: len(rasft.micro_batches(batch, items, dataclasses.replace(cfg, micro_tokens=t))) for t in budgets} == budgets
     expected = unsorted_delta(cfg, tok, batch, items)
@@ -80,7 +80,7 @@ def test_length_sorted_token_budget_micro_batches_do_not_change_the_gradient(tmp
 
 def test_micro_batches_balance_tokens_and_match_in_number_across_ranks(tok, monkeypatch):
     items = [{"prompt": [1] * 10, "response": [2] * n} for n in (5, 300, 40, 41, 100, 7, 250, 60)]
-    samples = [{"item": i, "response": None} for i in range(len(items))]
+    samples = [rasft.Entry(i) for i in range(len(items))]
     cfg = rasft.Config(micro_tokens=384, packing=False)  # packed micro-batches: tests/test_packing.py
     plans = []
     for r in range(3):
@@ -163,16 +163,16 @@ def test_refresh_trains_verified_rollouts_with_their_advantages(tmp_path, monkey
     refreshes = [m for m in metrics(tmp_path) if m.get("event") == "refresh"]
     assert refreshes and sum(r["queued_rollouts"] for r in refreshes) > 0
     records = {r["item"]: r for r in map(json.loads, open(tmp_path / "solvability.jsonl"))}
-    rollouts = [s for s in seen if s["response"] is not None]
+    rollouts = [s for s in seen if s.response is not None]
     assert rollouts
     for s in rollouts:
-        r = records[s["item"]]
+        r = records[s.item]
         expert_adv, pos = rasft.group_advantages(r["distinct"], r["correct"], r["negatives"], cfg)
-        assert s["adv"] == pytest.approx(pos[0]) and r["expert_adv"] == pytest.approx(expert_adv, abs=1e-4)
-        experts = [x for x in seen if x["item"] == s["item"] and x["response"] is None]
-        assert any(x["adv"] == pytest.approx(expert_adv) for x in experts)
-        assert s["ref_logp"] < 0
-    assert len({s["item"] for s in seen if s["response"] is None}) == 96  # every item trained as an expert
+        assert s.adv == pytest.approx(pos[0]) and r["expert_adv"] == pytest.approx(expert_adv, abs=1e-4)
+        experts = [x for x in seen if x.item == s.item and x.response is None]
+        assert any(x.adv == pytest.approx(expert_adv) for x in experts)
+        assert s.ref_logp < 0
+    assert len({s.item for s in seen if s.response is None}) == 96  # every item trained as an expert
 
 
 def test_demo_bench_runs_each_loss_per_seed_from_one_warm_up(tmp_path, capsys):
@@ -198,6 +198,11 @@ def test_checkpoints_keep_the_newest_and_a_torn_one_falls_back(tmp_path, capsys)
     rasft.train(small_cfg(tmp_path, *args, "--max_steps", "6"))
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_4", "step_6"]
     (tmp_path / "ckpt" / "step_6" / "state.pt").write_bytes(b"torn")
+    older = tmp_path / "ckpt" / "step_4" / "state.pt"  # as written before RunState: a dict, no 'warned' key
+    state = torch.load(older, weights_only=False)
+    assert set(state) == {f.name for f in dataclasses.fields(rasft.RunState)} and isinstance(state["queue"][0], dict)
+    del state["warned"]
+    torch.save(state, older)
     capsys.readouterr()
     rasft.train(small_cfg(tmp_path, *args, "--max_steps", "7", "--resume", "true"))
     out = capsys.readouterr().out
