@@ -64,33 +64,9 @@ normalization independent of the number of ranks or micro-batches; fp32 master w
 on all items; a verifier that never takes "the last number".
 """
 
-import argparse
-import atexit
-import contextlib
-import dataclasses
-import datetime
-import fcntl
-import inspect
-import itertools
-import json
-import logging
-import math
-import multiprocessing
-import os
-import pickle
-import random
-import re
-import secrets
-import select
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-import types
-import tokenize
-import zlib
+import argparse, atexit, contextlib, dataclasses, datetime, fcntl, inspect, itertools, json
+import logging, math, multiprocessing, os, pickle, random, re, secrets, select, signal, subprocess
+import sys, tempfile, threading, time, types, tokenize, zlib
 from collections import Counter
 from fractions import Fraction
 
