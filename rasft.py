@@ -981,9 +981,8 @@ def load_rows(cfg):  # rows as dicts: the demo generator, a local file, or a Hub
         return demo_task(cfg, heldout=False)
     if os.path.isfile(cfg.data):
         return read_file(cfg.data)
-    from datasets import load_dataset
     files = cfg.data_files.split(",") if cfg.data_files else None
-    return from_hub(load_dataset, cfg.data, "data", data_files=files, split=cfg.split)
+    return from_hub(__import__("datasets").load_dataset, cfg.data, "data", data_files=files, split=cfg.split)
 
 
 def read_file(path):  # a local .jsonl / .json / .parquet file's rows; bad input is one line naming the file
@@ -1029,13 +1028,11 @@ def pick_field(cfg_value, row, candidates, what, flag, where):  # cfg_value, els
 
 
 def target_of(row, f, response):  # what a rollout is verified against: unit tests, a gold answer or None (expert only)
-    tests = row.get(f["tests"]) if f["tests"] else None
+    tests, entry, answer = (row.get(f[k]) for k in ("tests", "entry", "answer"))  # f[k] is None for a field not found
     if tests:
-        entry = row.get(f["entry"]) if f["entry"] else None
         if isinstance(entry, list):  # KodCode's test_info: a list of {function_name, ...}
             entry = entry[0].get("function_name") if entry and isinstance(entry[0], dict) else None
         return {"tests": "\n".join(tests) if isinstance(tests, list) else tests, "entry": entry}
-    answer = row.get(f["answer"]) if f["answer"] else None
     answer = ", ".join(map(str, answer)) if isinstance(answer, list) else answer
     answer = str(answer).strip() if answer not in (None, "") else extract_answer(response)
     return {"answer": answer} if answer else None
