@@ -1018,15 +1018,6 @@ def check_jsonl(path):  # `datasets` reports a bad line deep inside pyarrow; say
                 raise UsageError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
 
 
-def pick_field(cfg_value, row, candidates, what, flag, where):  # cfg_value, else the first candidate in row
-    if cfg_value and cfg_value not in row:
-        raise UsageError(f"{where}: no field {cfg_value!r} (--{flag}); fields: {', '.join(row)}")
-    found = cfg_value or next((c for c in candidates if c in row), None)
-    if found is None and what:
-        raise UsageError(f"{where}: no {what} field found (fields: {', '.join(row)}); name it with --{flag}")
-    return found
-
-
 def target_of(row, f, response):  # what a rollout is verified against: unit tests, a gold answer or None (expert only)
     tests, entry, answer = (row.get(f[k]) for k in ("tests", "entry", "answer"))  # f[k] is None for a field not found
     if tests:
@@ -1039,12 +1030,16 @@ def target_of(row, f, response):  # what a rollout is verified against: unit tes
 
 
 def read_rows(rows, cfg, where, need_response=True):  # (problem, expert response, target) per row that has them
-    first = rows[0] if len(rows) else {}
-    need = {"prompt": "prompt", "response": "response" if need_response else ""}  # the others are optional
-    f = {k: pick_field(getattr(cfg, f"{k}_field"), first, names.split(), need.get(k, ""), f"{k}_field", where)
-         for k, names in (("prompt", "problem question instruction prompt query"),
-                          ("response", "solution response output completion"), ("answer", "answer final_answer gold"),
-                          ("tests", "test_code test_list test"), ("entry", "entry_point test_info"))}
+    first, f = (rows[0] if len(rows) else {}), {}  # f: the field per key: --{key}_field, else the first name in row
+    for k, names in (("prompt", "problem question instruction prompt query"),
+                     ("response", "solution response output completion"), ("answer", "answer final_answer gold"),
+                     ("tests", "test_code test_list test"), ("entry", "entry_point test_info")):
+        given = getattr(cfg, f"{k}_field")
+        if given and given not in first:
+            raise UsageError(f"{where}: no field {given!r} (--{k}_field); fields: {', '.join(first)}")
+        f[k] = given or next((c for c in names.split() if c in first), None)
+        if f[k] is None and (k == "prompt" or k == "response" and need_response):  # the others are optional
+            raise UsageError(f"{where}: no {k} field found (fields: {', '.join(first)}); name it with --{k}_field")
     if cfg.max_items:
         rows = rows.select(range(min(cfg.max_items, len(rows)))) if hasattr(rows, "select") else rows[:cfg.max_items]
     texts = ((row, row.get(f["prompt"]), str(row.get(f["response"]) or "")) for row in rows)
@@ -1052,8 +1047,7 @@ def read_rows(rows, cfg, where, need_response=True):  # (problem, expert respons
 
 
 def build_items(rows, cfg, tok):
-    """Tokenize with the chat template; loss only on the response, which ends with the end token (a response cut
-    to max_len keeps it with keep_end). Counts what was cut or skipped, and warns when cuts lose answers."""
+    """Tokenize with the chat template; the loss is on the response, which ends with the end token (cut: keep_end)."""
     texts, n = read_rows(rows, cfg, f"--data {cfg.data}")
     count = dict(rows=n, empty=n - len(texts), dropped=0, truncated=0, lost_answer=0, math=0, code=0, no_target=0)
     end, keep_end = end_token_id(tok), per_loss(cfg, "keep_end")
