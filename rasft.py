@@ -2155,7 +2155,6 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 DEMO_WARMUP_LR = 2e-3  # from random weights; the method then fine-tunes at the 10x lower demo lr: a fresh
 # Adam at the warm-up's lr moves every weight by ~lr in its first steps and costs half the accuracy
-DEMO_TRAIN = 1900  # training problems of the demo task (of the 2916 there are, one in three held out)
 
 
 def tiny_tokenizer():  # a byte-level Qwen2 tokenizer with the ChatML specials, built in code (survives save / reload)
@@ -2197,7 +2196,7 @@ def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
 
 
 def demo_task(cfg, heldout):  # demo: running-style 3-number sums; demo_shift: grouped 3- and 4-number sums, half each
-    k, seed = (cfg.eval_items, 12345) if heldout else (DEMO_TRAIN, cfg.seed)
+    k, seed = (cfg.eval_items, 12345) if heldout else (1900, cfg.seed)  # 1900 of 2916 problems, 1 in 3 held out
     return demo_rows(k, seed, heldout) if cfg.data == "demo" else [
         r for numbers in (3, 4) for r in demo_rows(k // 2, seed + numbers, heldout, numbers, "grouped")]
 
@@ -2229,8 +2228,7 @@ def main(argv=None):
     try:
         cfg = parse_args(argv)
         if cfg.model == "tiny" and not torch.cuda.is_available():
-            # A second thread gains the tiny model little, and idle OMP threads spin (2 made every step 8x slower on
-            # a 2-core machine with one core busy); one thread also makes the printed numbers the same on any machine.
+            # Idle OMP threads spin (2 made steps 8x slower on a busy 2-core box); 1 prints the same numbers anywhere.
             torch.set_num_threads(1)
         return train(cfg)
     except UsageError as e:
@@ -2245,8 +2243,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
-    # Done and flushed: leave without interpreter finalization, during which a gloo thread may still free the
-    # last collective's work and abort the process (a torch race, seen in ~2% of two-rank CPU runs).
+    # Skip finalization: a gloo thread may still free the last collective's work and abort (~2% of 2-rank CPU runs).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
