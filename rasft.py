@@ -2012,10 +2012,9 @@ def _start_worker():
         conn.close()  # so the child sees EOF (and exits) when the parent dies
         try:
             for args in iter(child.recv, None):  # until EOFError: the parent is gone
-                try:
+                r = False  # one bad input (any Exception) must not kill the worker; it counts as unequal
+                with contextlib.suppress(Exception):
                     r = bool(_math_equal_inner(*args))
-                except Exception:  # noqa: BLE001 -- one bad input must not kill the worker; it counts as unequal
-                    r = False
                 child.send(r)
         finally:  # parent gone (EOFError), Ctrl-C, anything: leave without running the parent's atexit hooks
             os._exit(0)
