@@ -1676,7 +1676,6 @@ def verify_many(pairs, timeout=5.0, workers=None):  # verify_math in forked proc
         return pool.starmap(verify_math, [(c, g, timeout) for c, g in pairs], chunksize=1)
 
 
-# ----------------------------- math: extraction -----------------------------
 # Where the answer is, first found wins; after </think> if that part has one, else anywhere, up to an end-of-turn token:
 #   1. the last \boxed{}, with the boxes before it that only connecting words separate from it ("\boxed{1},
 #      \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}"), unless a marker with math follows it;
@@ -2003,7 +2002,6 @@ def _math_equal_inner(pred, gold):
                 or "%" in pred and _scalar_eq(_per100(p), g))
 
 
-# ------------------- math: hard timeout in a forked worker -------------------
 # sympy can hang and SIGALRM cannot interrupt C code or run off the main thread, so the symbolic part runs in a
 # forked child, SIGKILLed on overrun. Fork (not spawn): milliseconds to start, no re-import of the trainer.
 def _start_worker():
@@ -2042,9 +2040,8 @@ def _shutdown_worker():
     _WORKER = None
 
 
-# ----------------------------- code: sandboxed tests ------------------------
-# Covers runaway CPU / wall time / memory / output / file size, careless damage to the host (deleting files outside
-# the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit hooks, printing
+# The sandbox covers runaway CPU / wall time / memory / output / file size, careless damage to the host (deleting files
+# outside the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit hooks, printing
 # "all tests passed"): success is a random per-call marker the harness prints only after the last test returned, through
 # a pipe closed before the candidate runs (in no file, argv or env). NOT covered: a determined adversary (frame or gc
 # introspection, /proc/self/mem, ctypes, objects whose __eq__ is always True). A reward guard for model-written code,
