@@ -73,9 +73,13 @@ from fractions import Fraction
 import sympy
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application,
                                         parse_expr, rationalize, standard_transformations)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
 
 
@@ -140,7 +144,6 @@ class Config:
     pos_max: float = 0.15              # (cap)
     dup_jaccard: float = 0.82          # word 3-gram Jaccard above which two samples are duplicates
     neg_jaccard: float = 0.88          # negatives this close to a positive are dropped
-    neg_target: float = 0.45           # preferred similarity of kept negatives to the positives
     max_neg: int = 3                   # negatives kept for the group statistics
     # loss
     loss: str = "rasft"                # rasft | sft | dft | sft_kl | asft | profit
@@ -346,11 +349,10 @@ def score_group(texts, correct, target, cfg):
             kept.append(i)
     ok = [i for i in kept if not broken_rule(texts[i], target, cfg)]
     pos = [i for i in ok if correct[i]]
-    near = {i: max((jaccard(grams[i], grams[j]) for j in pos), default=0.0)
-            for i in ok if not correct[i]}  # each wrong sample's likeness to its closest positive
-    neg = sorted((i for i in near if near[i] < cfg.neg_jaccard),  # not a near-copy of a positive
-                 key=lambda i: abs(near[i] - cfg.neg_target))  # nearest neg_target first
-    return len(kept), pos, len(neg[:cfg.max_neg]), len(kept) - len(ok)
+    # wrong, and no near-copy of a positive: only their number counts (not which, as the authors')
+    neg = [i for i in ok if not correct[i]
+           and max((jaccard(grams[i], grams[j]) for j in pos), default=0.0) < cfg.neg_jaccard]
+    return len(kept), pos, min(len(neg), cfg.max_neg), len(kept) - len(ok)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1125,8 +1127,6 @@ def shard(scorer, device, compile_layers=False):  # FSDP2 on GPUs and multi-rank
         layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
     if device.type == "cpu" and world_size() == 1:
         return scorer
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     full = scorer.state_dict() if rank0() else {}
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
     for module in layers + [scorer]:  # each decoder layer, then the root
@@ -1148,7 +1148,6 @@ def full_params(model):  # (name, full tensor) per parameter, bf16 on GPUs; unde
 def save_hf(model, tok, path, cfg=None):
     """Weights in the dtype the model came in, config and tokenizer, loadable by from_pretrained and vLLM; with
     cfg, rasft.json: how the prompts were built, which eval.py uses. Only rank 0 gathers the full state dict."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank0():
         dtype = getattr(model, "save_dtype", torch.float32)
@@ -1176,8 +1175,6 @@ def checkpoints(cfg):
 
 
 def save_checkpoint(scorer, opt, state, cfg):  # dcp-sharded model and optimizer, run state; keeps the newest keep_ckpts
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
     path = os.path.join(cfg.out, "ckpt", f"step_{state.step}")
     old = checkpoints(cfg)[cfg.keep_ckpts - 1:]  # every rank lists: a --out that is not shared stops the run here
     model_sd, optim_sd = get_state_dict(scorer.policy, opt)
@@ -1194,8 +1191,6 @@ def save_checkpoint(scorer, opt, state, cfg):  # dcp-sharded model and optimizer
 
 
 def load_checkpoint(scorer, opt, cfg):  # run state of the newest intact checkpoint (model, optimizer in place), or None
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     for path in checkpoints(cfg):
         try:
             state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
@@ -1308,7 +1303,7 @@ def check(cfg):
     rules = [(f, getattr(cfg, f) >= 1, "at least 1") for f in "batch_size micro_tokens max_len min_response "
              "max_new_tokens rollout_n refresh_every route_chunk epochs logp_chunk keep_ckpts".split()]
     rules += [(f, 0 <= getattr(cfg, f) <= 1, "between 0 and 1") for f in "rollout_frac probe_frac top_p dup_jaccard "
-              "neg_jaccard neg_target pos_min pos_max vllm_gpu_memory".split() + list(QUANTILES.values())]
+              "neg_jaccard pos_min pos_max vllm_gpu_memory".split() + list(QUANTILES.values())]
     rules += [(f, per_loss(cfg, f) >= 0, "0 or more") for f in "max_steps save_every warmup horizon max_items "
               "eval_items demo_warmup max_neg temperature weight_decay min_lr kl_coef profit_p".split()]
     rules += [("lr", cfg.lr > 0, "above 0"), ("grad_clip", cfg.grad_clip > 0, "above 0"),
@@ -1360,8 +1355,7 @@ def setup_dist():
     return device
 
 
-def rank0():
-    return rank() == 0
+def rank0(): return rank() == 0
 
 
 def print0(*args, **kw):
@@ -1369,12 +1363,10 @@ def print0(*args, **kw):
         print(*args, **kw, flush=True)
 
 
-def world_size():
-    return dist.get_world_size() if dist.is_initialized() else 1
+def world_size(): return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def rank():
-    return dist.get_rank() if dist.is_initialized() else 0
+def rank(): return dist.get_rank() if dist.is_initialized() else 0
 
 
 def all_gather_list(local):  # each rank's python list, concatenated in rank order
