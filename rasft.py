@@ -25,11 +25,11 @@ One problem's life (x the problem, y* the expert's solution, a gold answer or un
  3. A refresh every 32 steps, or when the queue runs dry, while items are pending. It takes all of
     them, so with every item routed before the first step a run has one (--sliding true: many):
       - a random 35% is rolled out; the other 65% is queued as the expert, A = 1;
-      - max(1, 3%) of the hard pool is probed (ell measured anew): easier than the window, it leaves
+      - max(1, floor 3%) of the hard pool is probed (ell anew): easier than the window, it leaves
         the pool and is queued as the expert; at most q.90, it is rolled out too; harder, it stays;
-      - n = 3 samples each; near-duplicates dropped (k = those left); malformed ones dropped (the
-        authors' filter); the rest verified: k_pos correct, up to 3 wrong ones kept for the
-        statistics (k_neg).
+      - n = 3 samples each, verified; near-duplicates dropped (k = those left); malformed ones
+        dropped (the authors' filter); of the rest, k_pos correct, and up to 3 wrong ones kept for
+        the statistics (k_neg).
  4. A group with signal (k_pos > 0 and rewards not all equal):
         d = 1 - k_pos / k,  r* = 1 + 2 d,  rewards [r*, 1 per correct, 0 per kept wrong]
         z = standardized rewards,  A_i = tanh(0.4 z_i),  s = 1 / (1 + k_pos)
@@ -47,7 +47,7 @@ Commands:
     python rasft.py --loss sft                                # plain SFT (README: the baselines)
 
 Paper symbol -> name in this file:
-    ell(x)              item loss: minus the mean log-prob of y*         measure(), records' "loss"
+    ell(x)              item loss: minus the mean log-prob of y*         -measure(), records' "loss"
     q.10 ... q.90       calibration quantiles                            calibrate(), thresholds
     [low, high]         the window at step t of the horizon              window_at(), window()
     n, k, k_pos, k_neg  samples, distinct ones, correct, kept wrong      rollout_n, score_group(),
@@ -231,7 +231,7 @@ def route(loss, low, high, thresholds):
     if low <= loss <= high:
         return "pending"  # in the window: worth asking the policy itself, with rollouts
     if high < loss <= thresholds["hard_ceiling"]:
-        return "hard"  # harder than the window: trained as it is, and probed again at refreshes
+        return "hard"  # harder than the window: trained as it is, and probed at refreshes
     return "other"  # between easy and the window, or too far off to probe: trained as it is
 
 
@@ -816,7 +816,7 @@ def measure(scorer, entries, items, which, cfg, device):
 
 
 # ==================================================================================================
-# Below: plumbing. Nothing below this line changes the method.
+# Below: plumbing. Nothing below changes the method; the verifier decides what "correct" means.
 # 5. The step's plumbing: micro-batches, packed rows, log-probs in chunks.
 
 
@@ -1259,13 +1259,13 @@ DEMO_TASK = dict(prompt_field="problem", response_field="solution", answer_field
 def parse_args(argv=None):
     p = argparse.ArgumentParser(usage="python rasft.py [--flag value ...]", description=__doc__.split("\n\n")[1],
                                 allow_abbrev=False)  # a shortened flag could later come to mean another one
-    group, types = p, {f.name: f.type for f in dataclasses.fields(Config)}
+    group, kinds = p, {f.name: f.type for f in dataclasses.fields(Config)}
     src = re.sub(r"\n {5,}# ", " ", re.sub(r'" \\\n +"', "", inspect.getsource(Config)))  # a wrapped field: one line
     for line in src.splitlines():  # groups and help text are the comments in Config
         if m := re.match(r"    # (\w+)$", line):
             group = p.add_argument_group(m[1])
         elif m := re.match(r"    (\w+): \w+ = (.*?)(?:  +# (.*))?$", line):
-            kind, demo = types[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
+            kind, demo = kinds[m[1]], {**DEMO, **DEMO_TASK}.get(m[1])
             default = m[2] if m[2] != "None" else "; ".join(f"{k}: {d[m[1]]}" for k, d in LOSS_DEFAULTS.items())
             doc = f"{m[3]} (default: {default}{'' if demo is None else f'; demo: {demo!r}'})".replace("%", "%%")
             group.add_argument(f"--{m[1]}", type=_str2bool if kind is bool else kind, metavar=kind.__name__, help=doc)
