@@ -745,20 +745,6 @@ def rollout(engine, chosen, items, tok, cfg, step):
                             for gs, ts in zip(ids, texts)])
 
 
-def verify_all(pairs):
-    """verify() over (completion, target) pairs at once, before the next collective: math in forked
-    processes under hard timeouts, code sandboxes in threads; a node's cores shared by its ranks."""
-    from concurrent.futures import ThreadPoolExecutor
-    workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    maths = [k for k, (_, t) in enumerate(pairs) if "answer" in t]
-    math_pairs = [(pairs[k][0], pairs[k][1]["answer"]) for k in maths]
-    ok = dict(zip(maths, verify_many(math_pairs, workers=workers) if maths else []))
-    code = [k for k in range(len(pairs)) if k not in ok]
-    with ThreadPoolExecutor(workers) as pool:
-        ok.update(zip(code, pool.map(lambda k: verify(*pairs[k]), code)))
-    return [ok[k] for k in range(len(pairs))]
-
-
 def lr_at(step, total, cfg):
     """Linear warmup from 0, then a cosine to min_lr over the horizon (0: the run's total): the
     authors' schedules (transformers' get_cosine_schedule_with_warmup: the first step has lr 0)."""
@@ -1599,6 +1585,20 @@ def math_equal(pred, gold, timeout=5.0):
 def verify_many(pairs, timeout=5.0, workers=None):  # verify_math in forked processes, each with its timed worker
     with multiprocessing.get_context("fork").Pool(max(1, min(len(pairs), workers or os.cpu_count()))) as pool:
         return pool.starmap(verify_math, [(c, g, timeout) for c, g in pairs], chunksize=1)
+
+
+def verify_all(pairs):
+    """verify() over (completion, target) pairs at once, before the next collective: math in forked
+    processes under hard timeouts, code sandboxes in threads; a node's cores shared by its ranks."""
+    from concurrent.futures import ThreadPoolExecutor
+    workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    maths = [k for k, (_, t) in enumerate(pairs) if "answer" in t]
+    math_pairs = [(pairs[k][0], pairs[k][1]["answer"]) for k in maths]
+    ok = dict(zip(maths, verify_many(math_pairs, workers=workers) if maths else []))
+    code = [k for k in range(len(pairs)) if k not in ok]
+    with ThreadPoolExecutor(workers) as pool:
+        ok.update(zip(code, pool.map(lambda k: verify(*pairs[k]), code)))
+    return [ok[k] for k in range(len(pairs))]
 
 
 # Where the answer is, first found wins; after </think> if that part has one, else anywhere, up to an end-of-turn token:
